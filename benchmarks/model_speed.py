@@ -1,0 +1,46 @@
+"""Parameter counts and one-thread CPU forward time on 10 s of audio, Transformer vs. LSTM.
+
+    python benchmarks/model_speed.py [--seconds 10] [--repeats 5]
+"""
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from model import build_model  # noqa: E402
+
+
+def forward_seconds(model, frames, repeats):
+    x = torch.randn(1, 1, 80, frames)
+    with torch.inference_mode():
+        model(x)  # warm-up: first call allocates
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model(x)
+            times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    frames = 1 + int(args.seconds * 24000) // 300
+    results = {}
+    for kind in ("lstm", "transformer"):
+        model = build_model({"sequence_model": kind}).eval()
+        params = sum(p.numel() for p in model.parameters())
+        results[kind] = forward_seconds(model, frames, args.repeats)
+        print(f"{kind:12s} params {params:>10,d}  forward {args.seconds:g} s audio ({frames} frames): "
+              f"{results[kind] * 1000:7.1f} ms  ({args.seconds / results[kind]:.0f}x real time, 1 thread)")
+    print(f"transformer / lstm time ratio: {results['transformer'] / results['lstm']:.2f} (target <= 1.5)")
+
+
+if __name__ == "__main__":
+    main()

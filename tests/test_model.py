@@ -1,0 +1,171 @@
+"""Model shapes, the hosts' state-dict layout, and the hosts' F0 computed independently."""
+import json
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model import build_model, export_host_checkpoint
+
+HERE = os.path.dirname(__file__)
+HOST_KEYS = os.path.join(HERE, "data", "jdcnet_state_dict.json")
+
+
+def randomised_lstm_model(seed=0):
+    """An lstm model with random weights and non-trivial BatchNorm statistics, in eval mode."""
+    torch.manual_seed(seed)
+    model = build_model({"sequence_model": "lstm"})
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if name.endswith("running_mean"):
+                tensor.copy_(torch.randn_like(tensor) * 0.3)
+            elif name.endswith("running_var"):
+                tensor.copy_(torch.rand_like(tensor) * 2 + 0.2)
+            elif name.endswith("num_batches_tracked"):
+                tensor.fill_(1234)
+            elif tensor.dim() == 1 and name.endswith("weight"):
+                tensor.copy_(1 + 0.3 * torch.randn_like(tensor))  # BatchNorm gamma away from 1
+            elif tensor.dim() == 1 and name.endswith("bias") and "lstm" not in name:
+                tensor.copy_(0.2 * torch.randn_like(tensor))  # BatchNorm beta away from 0
+        # An F0 head that spreads outputs over a speech-like range, so the comparison is in Hz.
+        model.classifier.weight.mul_(100.0)
+        model.classifier.bias.fill_(150.0)
+    return model.eval()
+
+
+def host_f0(sd, x):
+    """The hosts' JDCNet classifier branch, written from CONTRACT.md with functional ops only."""
+    def bn(h, p):
+        return F.batch_norm(h, sd[p + ".running_mean"], sd[p + ".running_var"],
+                            sd[p + ".weight"], sd[p + ".bias"], training=False, eps=1e-5)
+
+    def conv(h, p, pad=1):
+        return F.conv2d(h, sd[p + ".weight"], padding=pad)
+
+    def lrelu(h):
+        return F.leaky_relu(h, 0.01)
+
+    def res_block(h, p):
+        h = F.max_pool2d(lrelu(bn(h, p + ".pre_conv.0")), (1, 2))
+        out = conv(lrelu(bn(conv(h, p + ".conv.0"), p + ".conv.1")), p + ".conv.3")
+        return out + conv(h, p + ".conv1by1", pad=0)
+
+    h = x.float().transpose(-1, -2)
+    h = conv(lrelu(bn(conv(h, "conv_block.0"), "conv_block.1")), "conv_block.3")
+    for i in (1, 2, 3):
+        h = res_block(h, f"res_block{i}")
+    h = F.max_pool2d(lrelu(bn(h, "pool_block.0")), (1, 4))
+    b, _, t, _ = h.shape
+    seq = h.permute(0, 2, 1, 3).contiguous().view(b, t, 512)
+    weights = [sd["bilstm_classifier." + n] for n in (
+        "weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0",
+        "weight_ih_l0_reverse", "weight_hh_l0_reverse", "bias_ih_l0_reverse", "bias_hh_l0_reverse")]
+    out = torch._VF.lstm(seq, (torch.zeros(2, b, 256), torch.zeros(2, b, 256)), weights,
+                         True, 1, 0.0, False, True, True)[0]
+    f0 = F.linear(out, sd["classifier.weight"], sd["classifier.bias"])
+    return torch.abs(f0.squeeze(-1))
+
+
+def test_lstm_state_dict_matches_host_keys_and_shapes():
+    with open(HOST_KEYS) as f:
+        expected = {k: list(v) for k, v in json.load(f).items()}
+    got = {k: list(v.shape) for k, v in build_model({"sequence_model": "lstm"}).state_dict().items()}
+    assert got == expected
+    assert len(got) == 77
+
+
+@pytest.mark.parametrize("frames", [192, 311])
+def test_eval_f0_equals_host_computation(tmp_path, frames):
+    model = randomised_lstm_model()
+    path = tmp_path / "ckpt.pth"
+    torch.save({"net": model.state_dict(), "epoch": 3}, path)
+    sd = torch.load(path, map_location="cpu", weights_only=True)["net"]
+    x = torch.randn(2, 1, 80, frames)
+    with torch.no_grad():
+        ours, _ = model(x)
+        theirs = host_f0(sd, x)
+    assert theirs.std() > 0.1  # varies frame to frame far beyond the 1e-4 Hz tolerance
+    assert (ours - theirs).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("kind", ["transformer", "lstm"])
+@pytest.mark.parametrize("frames", [1, 4, 80, 192, 1000, 4000])
+def test_forward_shapes_batch_of_one(kind, frames):
+    model = build_model({"sequence_model": kind}).eval()
+    with torch.no_grad():
+        f0, logit = model(torch.randn(1, 1, 80, frames))
+    assert f0.shape == (1, frames) and logit.shape == (1, frames)
+    assert torch.isfinite(f0).all() and torch.isfinite(logit).all() and (f0 >= 0).all()
+
+
+def test_f0_head_starts_at_configured_pitch():
+    model = build_model({"sequence_model": "lstm", "f0_init_hz": 200.0})
+    assert model.classifier.bias.item() == 200.0
+
+
+@pytest.mark.parametrize("use_reentrant", [False, True])
+def test_gradient_checkpointing_gives_same_gradients(use_reentrant):
+    torch.manual_seed(0)
+    model = build_model({"sequence_model": "transformer", "cnn_dropout": 0.0,
+                         "transformer": {"dropout": 0.0, "num_layers": 2}}).train()
+    x = torch.randn(2, 1, 80, 24)
+
+    def grads():
+        model.zero_grad()
+        f0, logit = model(x)
+        (f0.mean() + logit.mean()).backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    plain = grads()
+    model.set_gradient_checkpointing(True, use_reentrant=use_reentrant)
+    checkpointed = grads()
+    for a, b in zip(plain, checkpointed):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_bad_input_shape_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"\(B, 1, 80, T\)"):
+        build_model({"sequence_model": "lstm"})(torch.randn(1, 80, 10))
+
+
+def test_unknown_sequence_model_is_rejected():
+    with pytest.raises(ValueError, match="sequence_model"):
+        build_model({"sequence_model": "gru"})
+
+
+def test_export_host_checkpoint_is_weights_only(tmp_path):
+    model = randomised_lstm_model()
+    src, dst = tmp_path / "last.pth", tmp_path / "host.pth"
+    torch.save({"net": model.state_dict(), "optimizer": {"state": {}}, "epoch": 7,
+                "vuv_threshold": 0.42}, src)
+    export_host_checkpoint(str(src), str(dst))
+    out = torch.load(dst, map_location="cpu", weights_only=True)
+    assert set(out) == {"net", "vuv_threshold"} and out["vuv_threshold"] == pytest.approx(0.42)
+    host = build_model({"sequence_model": "lstm"})
+    host.load_state_dict(out["net"], strict=True)
+    size_mb = os.path.getsize(dst) / 2**20
+    assert 19 < size_mb < 22
+
+
+def test_export_refuses_transformer(tmp_path):
+    src = tmp_path / "t.pth"
+    torch.save({"net": build_model({}).state_dict(),
+                "config": {"model_params": {"sequence_model": "transformer"}}}, src)
+    with pytest.raises(ValueError, match="transformer model does not have the hosts' JDCNet layout"):
+        export_host_checkpoint(str(src), str(tmp_path / "out.pth"))
+
+
+def test_checkpointing_falls_back_when_torch_lacks_use_reentrant(monkeypatch):
+    import model as model_module
+    from torch.utils.checkpoint import checkpoint as real_checkpoint
+
+    def old_torch_checkpoint(function, *args):  # the signature before `use_reentrant` existed
+        return real_checkpoint(function, *args, use_reentrant=False)
+
+    monkeypatch.setattr(model_module, "checkpoint", old_torch_checkpoint)
+    model = build_model({"sequence_model": "lstm"}).train()
+    model.set_gradient_checkpointing(True, use_reentrant=False)
+    f0, logit = model(torch.randn(2, 1, 80, 16))
+    (f0.mean() + logit.mean()).backward()
+    assert model.conv_block[0].weight.grad is not None
