@@ -8,8 +8,9 @@ encoders with a convolutional (relative) position encoding, so any length works.
 forward(x): (B, 1, n_mels, T) -> (f0_hz, voiced_logit), each (B, T); sigmoid(voiced_logit) = P(voiced).
 """
 import argparse
-import math
+import os
 import sys
+import tempfile
 
 import torch
 import torch.nn as nn
@@ -200,12 +201,11 @@ def export_host_checkpoint(src, dst):
     out = {"net": {k: v.detach().clone().contiguous() for k, v in net.items()}}
     if "vuv_threshold" in state:
         out["vuv_threshold"] = float(state["vuv_threshold"])
-    _atomic_torch_save(out, dst)
+    save_checkpoint(out, dst)
 
 
-def _atomic_torch_save(obj, path):
-    import os
-    import tempfile
+def save_checkpoint(obj, path):
+    """torch.save to a temp file in the same folder, then rename: a kill never leaves half a file."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")

@@ -50,10 +50,10 @@ def build_optimizer(parameters, optimizer_params, epochs, steps_per_epoch):
 
 
 def cosine_lr_factor(step, total_steps, warmup_steps, min_lr_ratio):
-    """Multiplier of lr at optimizer step `step` (0-based): linear warm-up reaching 1 at the last warm-up step,
-    then cosine decay reaching min_lr_ratio at the last step (total_steps − 1), and staying there."""
+    """Multiplier of lr at optimizer step `step` (0-based): a linear ramp over the warm-up steps up to 1 at step
+    warmup_steps, then cosine decay to min_lr_ratio at the last step (total_steps − 1), and staying there."""
     if step < warmup_steps:
-        return (step + 1) / warmup_steps
+        return (step + 1) / (warmup_steps + 1)
     decay_steps = max(total_steps - 1 - warmup_steps, 1)
     progress = min((step - warmup_steps) / decay_steps, 1.0)
     return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))

@@ -78,8 +78,7 @@ def test_non_positive_or_nan_estimate_is_no_estimate():
 def random_tracks(rng, n):
     ref = np.where(rng.random(n) < 0.6, rng.uniform(70.0, 500.0, n), 0.0)
     cents = rng.normal(0.0, 60.0, n) + 1200.0 * rng.choice([-1, 0, 0, 0, 1], n)
-    est = np.where(rng.random(n) < 0.95, shifted(rng.uniform(70.0, 500.0, n), 0.0), 0.0)
-    est = np.where(ref > 0, shifted(ref, cents), est)
+    est = np.where(ref > 0, shifted(ref, cents), rng.uniform(70.0, 500.0, n))
     est[rng.random(n) < 0.03] = 0.0
     est_voiced = np.where(ref > 0, rng.random(n) < 0.85, rng.random(n) < 0.2)
     return ref, est, est_voiced

@@ -1,0 +1,64 @@
+"""Shared fixtures: a tiny on-disk corpus of harmonic tones with known pitch, and a tiny config."""
+import os
+
+import numpy as np
+import pytest
+import soundfile as sf
+import yaml
+
+SR = 24000
+
+
+def harmonic_tone(f0_start, f0_end, seconds, rng, silence=0.2):
+    """Silence, a harmonic glide with a few partials, silence; 24 kHz float32."""
+    n = int(seconds * SR)
+    f0 = np.geomspace(f0_start, f0_end, n)
+    phase = 2 * np.pi * np.cumsum(f0) / SR
+    tone = sum(np.sin(k * phase) / k for k in range(1, 6)) * 0.3
+    tone *= np.hanning(n) ** 0.2
+    pad = np.zeros(int(silence * SR))
+    return np.concatenate([pad, tone, pad]).astype(np.float32) + rng.normal(0, 1e-4, 2 * len(pad) + n).astype(np.float32)
+
+
+def write_corpus(folder, n_train=6, n_val=2, seconds=0.8, seed=0):
+    """WAV files of random glides and the two list files; returns (train_list, val_list)."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(folder, exist_ok=True)
+    lists = {}
+    for split, count in (("train", n_train), ("val", n_val)):
+        lines = []
+        for i in range(count):
+            path = os.path.join(folder, f"{split}_{i}.wav")
+            sf.write(path, harmonic_tone(*rng.uniform(100, 300, 2), seconds, rng), SR)
+            lines.append(f"{path}|speaker0")
+        lists[split] = os.path.join(folder, f"{split}_list.txt")
+        with open(lists[split], "w") as f:
+            f.write("\n".join(lines) + "\n")
+    return lists["train"], lists["val"]
+
+
+def tiny_config(tmp_path, **sections):
+    """A config file for seconds-long CPU runs on the tiny corpus; `sections` update top-level keys."""
+    train_list, val_list = write_corpus(str(tmp_path / "data"))
+    config = {
+        "log_dir": str(tmp_path / "run"), "device": "cpu", "epochs": 2, "batch_size": 2, "num_workers": 0,
+        "save_freq": 1, "seed": 3, "train_data": train_list, "val_data": val_list,
+        "loss_params": {"lambda_vuv_candidates": []},
+        "optimizer_params": {"lr": 0.001},
+        "training": {"plot_every": 1, "plot_clips": 2},
+        "model_params": {"sequence_model": "lstm", "cnn_dropout": 0.0},
+        "dataset_params": {"max_mel_length": 32},
+    }
+    for key, value in sections.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key] = {**config[key], **value}
+        else:
+            config[key] = value
+    path = tmp_path / "config.yml"
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    return write_corpus(str(tmp_path / "corpus"))

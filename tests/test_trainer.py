@@ -1,0 +1,164 @@
+"""Training runs on a tiny corpus, on the CPU, through the real code paths."""
+import csv
+import math
+import os
+import signal
+import threading
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import train
+from config import ConfigError, load_config
+from trainer import Trainer, TrainingStopped, amp_settings
+from conftest import tiny_config
+
+
+def run_files(run):
+    return sorted(f for f in os.listdir(run) if not f.startswith("."))
+
+
+def test_two_epochs_lower_the_loss_and_write_every_file(tmp_path):
+    config = load_config(tiny_config(tmp_path, epochs=3))
+    trainer = Trainer(config, str(tmp_path / "steps"))
+    losses = [trainer.train_epoch(epoch) for epoch in range(3)]
+    assert losses[2] < 0.8 * losses[0]
+    result = train.run_one(config, config["log_dir"], resume=None)
+    run = config["log_dir"]
+    for name in ("last.pth", "best.pth", "epoch_00001.pth", "epoch_00003.pth", "train.log", "config.yml",
+                 "tensorboard"):
+        assert name in run_files(run), name
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(run, "tensorboard")))
+    state = torch.load(os.path.join(run, "best.pth"), map_location="cpu", weights_only=True)
+    assert {"net", "optimizer", "scheduler", "scaler", "epoch", "step", "config", "vuv_threshold",
+            "metrics"} <= set(state)
+    assert 0 < state["vuv_threshold"] < 1 and state["epoch"] == result["epoch"]
+    assert state["step"] == 3 * state["epoch"]  # 6 clips, batches of 2
+    assert not math.isnan(state["metrics"]["RPA"])
+    with open(os.path.join(run, "train.log")) as f:
+        assert "epoch 3: train loss" in f.read()
+
+
+def test_lambda_sweep_makes_one_run_per_value_and_a_summary(tmp_path):
+    path = tiny_config(tmp_path, epochs=1, loss_params={"lambda_vuv_candidates": [0.25, 1.0]})
+    result = CliRunner().invoke(train.main, ["--config_path", path])
+    assert result.exit_code == 0, result.output
+    log_dir = load_config(path)["log_dir"]
+    assert os.path.exists(os.path.join(log_dir, "lambda_vuv_0.25", "best.pth"))
+    assert os.path.exists(os.path.join(log_dir, "lambda_vuv_1", "best.pth"))
+    with open(os.path.join(log_dir, "sweep_summary.csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert [float(r["lambda_vuv"]) for r in rows] == [0.25, 1.0]
+    assert all(os.path.exists(r["checkpoint"]) and 0 < float(r["vuv_threshold"]) < 1 for r in rows)
+    saved = torch.load(rows[1]["checkpoint"], map_location="cpu", weights_only=True)
+    assert saved["config"]["loss_params"]["lambda_vuv"] == 1.0
+    assert "best λ_vuv =" in result.output
+
+
+def test_resume_after_epoch_one_gives_the_uninterrupted_weights(tmp_path):
+    torch.use_deterministic_algorithms(True)
+    try:
+        config = load_config(tiny_config(tmp_path, model_params={"cnn_dropout": 0.5}))
+        straight = Trainer(config, str(tmp_path / "straight"))
+        straight.fit()
+        first = config  # the same 2-epoch config; dropout makes the restored RNG state matter
+        part = Trainer(first, str(tmp_path / "part"))
+        part.epoch = 0
+        part.train_epoch(0)
+        part.metrics = part.validate()
+        part.epoch, part.batches_done = 1, 0
+        part.save_checkpoints(0, part.metrics)
+        resumed = Trainer(first, str(tmp_path / "part"), resume_from=str(tmp_path / "part" / "last.pth"))
+        assert resumed.epoch == 1 and resumed.step == part.step
+        resumed.fit()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sigterm_saves_last_and_resume_finishes(tmp_path):
+    config = load_config(tiny_config(tmp_path, epochs=50))
+    trainer = Trainer(config, config["log_dir"])
+    timer = threading.Timer(4.0, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    with pytest.raises(TrainingStopped, match="SIGTERM"):
+        trainer.fit()
+    timer.cancel()
+    state = torch.load(os.path.join(config["log_dir"], "last.pth"), map_location="cpu", weights_only=True)
+    assert state["step"] == trainer.step > 0
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+
+
+def test_fine_tune_from_a_host_net_file(tmp_path, caplog):
+    config = load_config(tiny_config(tmp_path, epochs=1))
+    donor = Trainer(config, str(tmp_path / "donor")).model
+    host_file = tmp_path / "host.pth"
+    torch.save({"net": donor.state_dict()}, host_file)
+    tuned = load_config(tiny_config(tmp_path, epochs=1, pretrained_model=str(host_file), load_only_params=True))
+    trainer = Trainer(tuned, str(tmp_path / "tuned"))
+    for key, value in donor.state_dict().items():
+        assert torch.equal(trainer.model.state_dict()[key], value)
+    # a Transformer model takes the CNN front from the host file and lists what it could not
+    mixed = load_config(tiny_config(tmp_path, epochs=1, pretrained_model=str(host_file), load_only_params=True,
+                                    model_params={"sequence_model": "transformer"}))
+    with caplog.at_level("WARNING", logger="pitchextractor"):
+        transformer = Trainer(mixed, str(tmp_path / "mixed"))
+    assert torch.equal(transformer.model.conv_block[0].weight, donor.conv_block[0].weight)
+    assert "bilstm_classifier.weight_ih_l0" in caplog.text  # not used from the file
+
+
+def test_nan_batch_is_skipped_and_three_in_a_row_stop(tmp_path):
+    config = load_config(tiny_config(tmp_path))
+    trainer = Trainer(config, config["log_dir"])
+    batch = next(iter(trainer.train_loader))
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    poisoned = dict(batch, mel=batch["mel"].clone())
+    poisoned["mel"][0, 0, 5, 3] = float("nan")
+    assert trainer.train_step(poisoned) is None
+    assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+    assert trainer.train_step(batch) is not None and trainer.nonfinite_run == 0
+    trainer.train_step(poisoned)
+    trainer.train_step(poisoned)
+    with pytest.raises(TrainingStopped, match="3 consecutive non-finite losses"):
+        trainer.train_step(poisoned)
+    assert trainer.nonfinite_total == 4
+
+
+def test_bad_set_key_fails_before_any_work(tmp_path):
+    path = tiny_config(tmp_path)
+    result = CliRunner().invoke(train.main, ["--config_path", path, "--set", "training.grad_clipp=1"])
+    assert result.exit_code != 0
+    assert "unknown key `grad_clipp`" in result.output
+    assert not os.path.exists(load_config(path)["log_dir"])
+
+
+@pytest.mark.parametrize("text, message", [
+    ("epochs: -1\n", "`epochs` = -1: must be > 0"),
+    ("model_params:\n  sequence_model: gru\n", "must be one of transformer, lstm"),
+    ("trainig:\n  grad_clip: 1\n", "unknown key `trainig`"),
+    ("batch_size: 2.5\n", "must be a int"),
+])
+def test_bad_config_values_are_one_line_errors(tmp_path, text, message):
+    path = tmp_path / "bad.yml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(str(path))
+    assert "\n" not in str(info.value)
+
+
+def test_shipped_config_equals_the_defaults():
+    from config_defaults import DEFAULTS
+    import yaml
+    with open(os.path.join(os.path.dirname(__file__), "..", "Configs", "config.yml")) as f:
+        assert yaml.safe_load(f) == DEFAULTS
+
+
+def test_amp_settings_cuda_logic_on_cpu():
+    cuda = torch.device("cuda")
+    base = {"mixed_precision": True, "amp_dtype": "float16", "cpu_mixed_precision": False}
+    assert amp_settings(base, cuda) == (True, torch.float16, True)
+    assert amp_settings({**base, "mixed_precision": False}, cuda) == (False, torch.float32, False)
+    assert amp_settings(base, torch.device("cpu"))[0] is False
+    assert amp_settings({**base, "cpu_mixed_precision": True}, torch.device("cpu")) == (True, torch.bfloat16, False)

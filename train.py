@@ -1,0 +1,108 @@
+"""Train the JDC pitch extractor: `python train.py --config_path ./Configs/config.yml`.
+
+With more than one `loss_params.lambda_vuv_candidates` value, one complete run per λ goes to
+`<log_dir>/lambda_vuv_<λ>` and `<log_dir>/sweep_summary.csv` compares them; otherwise one run
+goes to `log_dir`.
+"""
+import copy
+import csv
+import logging
+import os
+import sys
+
+import click
+import yaml
+
+from config import ConfigError, load_config
+from trainer import Trainer, TrainingStopped
+
+SUMMARY_FIELDS = ("lambda_vuv", "best_epoch", "FFE", "RPA", "RCA", "GPE", "VUV_F1", "VUV_P", "VUV_R",
+                  "MED_CENTS", "vuv_threshold", "checkpoint")
+
+
+def setup_logging(run_dir):
+    os.makedirs(run_dir, exist_ok=True)
+    logger = logging.getLogger("pitchextractor")
+    logger.setLevel(logging.INFO)
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+    file_handler = logging.FileHandler(os.path.join(run_dir, "train.log"))
+    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(file_handler)
+    logger.addHandler(console)
+    return logger
+
+
+def sweep_runs(config):
+    """(lambda_vuv, run config, run folder) for each run this config asks for."""
+    candidates = config["loss_params"]["lambda_vuv_candidates"]
+    if len(candidates) <= 1:
+        lam = candidates[0] if candidates else config["loss_params"]["lambda_vuv"]
+        return [(lam, with_lambda(config, lam), config["log_dir"])]
+    return [(lam, with_lambda(config, lam), os.path.join(config["log_dir"], f"lambda_vuv_{lam:g}"))
+            for lam in candidates]
+
+
+def with_lambda(config, lam):
+    config = copy.deepcopy(config)
+    config["loss_params"]["lambda_vuv"] = float(lam)
+    return config
+
+
+def run_one(config, run_dir, resume):
+    logger = setup_logging(run_dir)
+    with open(os.path.join(run_dir, "config.yml"), "w") as f:
+        yaml.safe_dump(config, f, sort_keys=False)
+    last = os.path.join(run_dir, "last.pth")
+    if resume is None and config["resume"] == "auto" and os.path.exists(last):
+        resume = last
+    logger.info("run folder %s (λ_vuv = %g)%s", run_dir, config["loss_params"]["lambda_vuv"],
+                f", resuming from {resume}" if resume else "")
+    best = Trainer(config, run_dir, resume_from=resume).fit()
+    logger.info("best epoch %d: FFE %.2f RPA %.2f VUV_F1 %.2f (threshold %.3f) -> %s", best["epoch"],
+                best["FFE"], best["RPA"], best["VUV_F1"], best["vuv_threshold"], best["checkpoint"])
+    return best
+
+
+def write_sweep_summary(log_dir, results):
+    path = os.path.join(log_dir, "sweep_summary.csv")
+    with open(path + ".tmp", "w", newline="") as f:
+        writer = csv.DictWriter(f, SUMMARY_FIELDS)
+        writer.writeheader()
+        for lam, best in results:
+            writer.writerow({"lambda_vuv": lam, "best_epoch": best["epoch"],
+                             **{k: best[k] for k in SUMMARY_FIELDS[2:]}})
+    os.replace(path + ".tmp", path)
+    return path
+
+
+@click.command()
+@click.option("--config_path", "-p", required=True, help="YAML config, e.g. ./Configs/config.yml")
+@click.option("--resume", "resume", default=None, help="checkpoint (last.pth) to continue from")
+@click.option("--set", "overrides", multiple=True, help="override a config value: --set training.grad_clip=1.0")
+def main(config_path, resume, overrides):
+    try:
+        config = load_config(config_path, overrides)
+    except ConfigError as err:
+        raise click.ClickException(str(err))
+    runs = sweep_runs(config)
+    if resume and len(runs) > 1:
+        raise click.ClickException("--resume continues one run; in a λ sweep each run resumes from its own "
+                                   "last.pth automatically (resume: auto)")
+    results = []
+    try:
+        for lam, run_config, run_dir in runs:
+            results.append((lam, run_one(run_config, run_dir, resume)))
+    except (TrainingStopped, ValueError, RuntimeError, FileNotFoundError) as err:
+        raise click.ClickException(str(err))
+    if len(runs) > 1:
+        path = write_sweep_summary(config["log_dir"], results)
+        lam, best = min(results, key=lambda r: (r[1]["FFE"], -r[1]["RPA"]))
+        click.echo(f"sweep summary: {path}\nbest λ_vuv = {lam:g}: FFE {best['FFE']:.2f}, RPA {best['RPA']:.2f} "
+                   f"-> {best['checkpoint']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,313 @@
+"""One training run: masked JDC loss, validation with V/UV calibration, checkpoints, resume.
+
+`Trainer(config, run_dir).fit()` — `config` is the validated dict from train.py. The loop is `fit`;
+everything it calls is a short method below it.
+"""
+import contextlib
+import logging
+import math
+import os
+import signal
+import threading
+
+import numpy as np
+import torch
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+from audio import read_file_list
+from f0_backends import check_backends, precompute
+from losses import jdc_loss
+from meldataset import MelDataset, build_dataloader
+from metrics import calibrate_vuv_threshold, pitch_metrics
+from model import build_model, load_checkpoint, save_checkpoint
+from optimizers import build_optimizer
+
+log = logging.getLogger("pitchextractor")
+
+
+class TrainingStopped(RuntimeError):
+    """The run stopped early (signal or diverging loss); last.pth holds its state."""
+
+
+def resolve_device(name):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device: {name} but this machine has no CUDA GPU; set `device: cpu` or `device: auto`")
+    return device
+
+
+def amp_settings(training, device):
+    """(autocast enabled, autocast dtype, GradScaler enabled) for this device and `training` block."""
+    if device.type == "cuda":
+        if not training["mixed_precision"]:
+            return False, torch.float32, False
+        if training["amp_dtype"] == "bfloat16":
+            if not torch.cuda.is_bf16_supported():
+                raise ValueError("training.amp_dtype: bfloat16 but this GPU lacks bfloat16; use float16")
+            return True, torch.bfloat16, False  # bf16 has fp32's range: no loss scaling needed
+        return True, torch.float16, True
+    # CPU: fp32 unless asked; CPU autocast only supports bfloat16.
+    return bool(training.get("cpu_mixed_precision")), torch.bfloat16, False
+
+
+class Trainer:
+    def __init__(self, config, run_dir, resume_from=None):
+        self.config, self.run_dir = config, run_dir
+        os.makedirs(run_dir, exist_ok=True)
+        self.training, self.loss_params = config["training"], config["loss_params"]
+        self.device = resolve_device(config["device"])
+        torch.manual_seed(config["seed"])
+        self.train_loader, self.val_loader = self._build_loaders()
+        self.model = build_model(config["model_params"]).to(self.device)
+        self.model.set_gradient_checkpointing(self.training["gradient_checkpointing"],
+                                              self.training["gradient_checkpointing_use_reentrant"])
+        self.optimizer, self.scheduler = build_optimizer(
+            self.model.parameters(), config["optimizer_params"], config["epochs"], len(self.train_loader))
+        self.amp, self.amp_dtype, use_scaler = amp_settings(self.training, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
+        self.epoch = self.batches_done = self.step = self.nonfinite_run = self.nonfinite_total = 0
+        self.vuv_threshold = self.loss_params["vuv_initial_threshold"]
+        self.best, self.metrics = None, {}
+        self.stop_signal = None
+        self.writer = SummaryWriter(os.path.join(run_dir, "tensorboard"))
+        if resume_from:
+            self._restore(load_checkpoint(resume_from), resume_from)
+        elif config["pretrained_model"]:
+            self._load_pretrained(config["pretrained_model"], config["load_only_params"])
+
+    def fit(self):
+        """Train the remaining epochs; returns the best epoch's summary (metrics, threshold, path)."""
+        with save_on_signals(self):
+            for epoch in range(self.epoch, self.config["epochs"]):
+                self.epoch = epoch
+                train_loss = self.train_epoch(epoch)
+                self.metrics = self.validate()
+                self.epoch = epoch + 1
+                self.log_epoch(epoch, train_loss, self.metrics)
+                self.save_checkpoints(epoch, self.metrics)
+        self.writer.close()
+        return self.best
+
+    # ------------------------------------------------------------------ data
+    def _build_loaders(self):
+        config, data = self.config, self.config["dataset_params"]
+        f0_params = data["f0_params"]
+        check_backends(f0_params)
+        lists = {split: read_file_list(config[key]) for split, key in (("train", "train_data"), ("val", "val_data"))}
+        summary = precompute(lists["train"] + lists["val"], f0_params, workers=max(config["num_workers"], 1),
+                             strict=data["strict"])
+        skipped = set(summary["bad_files"])
+        loaders = []
+        for split, paths in lists.items():
+            dataset = MelDataset([p for p in paths if p not in skipped], data, train=split == "train")
+            loaders.append(build_dataloader(
+                dataset, config["batch_size"], config["num_workers"], config["seed"], self.device,
+                data["dataloader"]))
+        return loaders
+
+    # ------------------------------------------------------------------ steps
+    def train_epoch(self, epoch):
+        self.model.train()
+        batch_size = self.config["batch_size"]
+        self.train_loader.sampler.set_epoch(epoch, skip=self.batches_done * batch_size)
+        bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{self.config['epochs']}", dynamic_ncols=True,
+                   initial=self.batches_done, total=self.batches_done + len(self.train_loader))
+        losses = []
+        for batch in bar:
+            loss = self.train_step(batch)
+            self.batches_done += 1
+            if loss is not None:
+                losses.append(loss)
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
+            if self.stop_signal is not None:
+                self._save(os.path.join(self.run_dir, "last.pth"))
+                raise TrainingStopped(f"stopped by signal {self.stop_signal}; resume with --resume "
+                                      f"{os.path.join(self.run_dir, 'last.pth')}")
+        self.batches_done = 0
+        return float(np.mean(losses)) if losses else math.nan
+
+    def train_step(self, batch):
+        """One optimizer step; returns the loss, or None when a non-finite loss skipped the step."""
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        # A bad batch would also poison BatchNorm's running statistics: keep them to put back.
+        buffers = [b.clone() for b in self.model.buffers()]
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+            f0, logit = self.model(batch["mel"])
+        loss, parts = jdc_loss(f0, logit, batch["f0"], batch["voiced"], batch["valid"],
+                               self.loss_params["lambda_vuv"], self.loss_params["f0_loss"])
+        self.optimizer.zero_grad(set_to_none=True)
+        if not torch.isfinite(loss):
+            with torch.no_grad():
+                for buffer, saved in zip(self.model.buffers(), buffers):
+                    buffer.copy_(saved)
+            return self._skip_nonfinite(loss)
+        self.nonfinite_run = 0
+        self.scaler.scale(loss).backward()
+        if self.training["grad_clip"] > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.training["grad_clip"])
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.step += 1
+        if self.step % 10 == 0:
+            self.writer.add_scalar("train/loss", loss.item(), self.step)
+            self.writer.add_scalar("train/loss_f0", parts["f0"].item(), self.step)
+            self.writer.add_scalar("train/loss_vuv", parts["vuv"].item(), self.step)
+            self.writer.add_scalar("train/lr", self.scheduler.get_last_lr()[0], self.step)
+        return loss.item()
+
+    def _skip_nonfinite(self, loss):
+        self.nonfinite_run += 1
+        self.nonfinite_total += 1
+        log.warning("non-finite loss (%s) at step %d: step skipped (%d in a row, %d in all)",
+                    loss.item(), self.step, self.nonfinite_run, self.nonfinite_total)
+        self.writer.add_scalar("train/nonfinite_steps", self.nonfinite_total, self.step)
+        if self.nonfinite_run >= self.training["max_nonfinite_steps"]:
+            self._save(os.path.join(self.run_dir, "last.pth"))
+            raise TrainingStopped(
+                f"{self.nonfinite_run} consecutive non-finite losses: training diverged; lower "
+                f"optimizer_params.lr, set training.grad_clip, or check the data for NaN audio")
+        return None
+
+    @torch.no_grad()
+    def predict(self, mel):
+        """(f0 Hz, voiced logit) for a batch of mels, in eval mode, on the CPU."""
+        self.model.eval()
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
+            f0, logit = self.model(mel.to(self.device))
+        return f0.float().cpu(), logit.float().cpu()
+
+    def validate(self):
+        """Losses and metrics on the validation set, at the V/UV threshold calibrated on it."""
+        self.val_loader.sampler.set_epoch(0)
+        frames, losses = [], []
+        for batch in self.val_loader:
+            f0, logit = self.predict(batch["mel"])
+            loss, parts = jdc_loss(f0, logit, batch["f0"], batch["voiced"], batch["valid"],
+                                   self.loss_params["lambda_vuv"], self.loss_params["f0_loss"])
+            losses.append([loss.item(), parts["f0"].item(), parts["vuv"].item()])
+            valid = batch["valid"]
+            frames.append((batch["f0"][valid], batch["voiced"][valid], f0[valid], torch.sigmoid(logit[valid])))
+        ref_f0, ref_voiced, est_f0, prob = (torch.cat(x).numpy() for x in zip(*frames))
+        self.vuv_threshold, _ = calibrate_vuv_threshold(
+            prob, ref_voiced, self.loss_params["vuv_calibration_steps"], initial=self.vuv_threshold)
+        metrics = pitch_metrics(ref_f0, est_f0, prob >= self.vuv_threshold, ref_voiced)
+        metrics.update(zip(("loss", "loss_f0", "loss_vuv"), np.mean(losses, axis=0).tolist()))
+        metrics["vuv_threshold"] = self.vuv_threshold
+        return {k: float(v) for k, v in metrics.items()}
+
+    # ------------------------------------------------------------------ logging
+    def log_epoch(self, epoch, train_loss, metrics):
+        shown = ("loss", "RPA", "RCA", "GPE", "VUV_F1", "FFE", "MED_CENTS", "vuv_threshold")
+        log.info("epoch %d: train loss %.4f | val %s", epoch + 1, train_loss,
+                 " ".join(f"{k} {metrics[k]:.4g}" for k in shown))
+        self.writer.add_scalar("train/epoch_loss", train_loss, epoch + 1)
+        for key, value in metrics.items():
+            self.writer.add_scalar(f"val/{key}", value, epoch + 1)
+        if (epoch + 1) % self.training["plot_every"] == 0 or epoch + 1 == self.config["epochs"]:
+            self.writer.add_figure("val/f0", self.plot_clips(), epoch + 1)
+
+    def plot_clips(self):
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        dataset = self.val_loader.dataset
+        count = min(self.training["plot_clips"], len(dataset))
+        fig, axes = plt.subplots(count, 1, figsize=(10, 2.5 * count), squeeze=False)
+        for ax, index in zip(axes[:, 0], range(count)):
+            mel, label, _ = dataset[index]
+            f0, logit = self.predict(mel[None, None])
+            f0, prob = f0[0].numpy(), torch.sigmoid(logit[0]).numpy()
+            t = np.arange(len(label)) * 0.0125
+            ax.plot(t, np.where(label > 0, label, np.nan), "k", lw=2, label="label F0")
+            ax.plot(t, np.where(prob >= self.vuv_threshold, f0, np.nan), "r", lw=1, label="predicted F0 (voiced)")
+            ax.set_ylabel("Hz")
+            ax.twinx().plot(t, prob, "b:", lw=0.8)
+            ax.set_title(os.path.basename(dataset.paths[index]), fontsize=8)
+        axes[0, 0].legend(loc="upper right", fontsize=7)
+        axes[-1, 0].set_xlabel("s (dotted: P(voiced))")
+        fig.tight_layout()
+        return fig
+
+    # ------------------------------------------------------------------ checkpoints
+    def _state(self):
+        return {
+            "net": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch, "batches_done": self.batches_done, "step": self.step,
+            "config": self.config, "vuv_threshold": float(self.vuv_threshold), "metrics": self.metrics,
+            "best": self.best, "nonfinite_total": self.nonfinite_total, "torch_rng": torch.get_rng_state(),
+        }
+
+    def _save(self, path):
+        save_checkpoint(self._state(), path)
+        return path
+
+    def save_checkpoints(self, epoch, metrics):
+        last = self._save(os.path.join(self.run_dir, "last.pth"))
+        if self._is_better(metrics):
+            best_path = os.path.join(self.run_dir, "best.pth")
+            self.best = {"epoch": epoch + 1, "vuv_threshold": float(self.vuv_threshold),
+                         "checkpoint": best_path, **metrics}
+            save_checkpoint({**self._state(), "best": self.best}, best_path)
+        if (epoch + 1) % self.config["save_freq"] == 0:
+            save_checkpoint(torch.load(last, map_location="cpu", weights_only=True),
+                            os.path.join(self.run_dir, f"epoch_{epoch + 1:05d}.pth"))
+
+    def _is_better(self, metrics):
+        """Lower FFE wins, ties broken by higher RPA; a nan never beats a number."""
+        def key(m):
+            ffe, rpa = m["FFE"], m["RPA"]
+            return (math.inf if math.isnan(ffe) else ffe, -(-math.inf if math.isnan(rpa) else rpa))
+        return self.best is None or key(metrics) < key(self.best)
+
+    def _restore(self, state, path):
+        self.model.load_state_dict(state["net"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.batches_done, self.step = state["epoch"], state["batches_done"], state["step"]
+        self.vuv_threshold, self.metrics, self.best = state["vuv_threshold"], state["metrics"], state["best"]
+        self.nonfinite_total = state.get("nonfinite_total", 0)
+        torch.set_rng_state(state["torch_rng"])
+        log.info("resumed from %s at epoch %d, batch %d, step %d", path, self.epoch + 1, self.batches_done,
+                 self.step)
+
+    def _load_pretrained(self, path, only_params):
+        """Start from one of our checkpoints or a host {'net': ...} file: load what matches, list the rest."""
+        state = load_checkpoint(path)
+        own = self.model.state_dict()
+        matched = {k: v for k, v in state["net"].items() if k in own and own[k].shape == v.shape}
+        self.model.load_state_dict(matched, strict=False)
+        missing = sorted(set(own) - set(matched))
+        unused = sorted(set(state["net"]) - set(matched))
+        log.info("pretrained %s: loaded %d/%d tensors", path, len(matched), len(own))
+        if missing or unused:
+            log.warning("pretrained %s: not loaded (kept initialised): %s; not used from the file: %s",
+                        path, ", ".join(missing) or "none", ", ".join(unused) or "none")
+        if "vuv_threshold" in state:
+            self.vuv_threshold = float(state["vuv_threshold"])
+        if not only_params and not missing and "optimizer" in state:
+            self._restore(state, path)
+
+
+@contextlib.contextmanager
+def save_on_signals(trainer):
+    """SIGINT/SIGTERM ask the trainer to finish its step, save last.pth and stop (see train_epoch)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def request_stop(signum, frame):
+        trainer.stop_signal = signal.Signals(signum).name
+
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
