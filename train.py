@@ -14,6 +14,7 @@ import click
 import yaml
 
 from config import ConfigError, load_config
+from demo_data import ensure_demo_corpus
 from trainer import Trainer, TrainingStopped
 
 SUMMARY_FIELDS = ("lambda_vuv", "best_epoch", "FFE", "RPA", "RCA", "GPE", "VUV_F1", "VUV_P", "VUV_R",
@@ -78,6 +79,17 @@ def write_sweep_summary(log_dir, results):
     return path
 
 
+def results_table(results):
+    """The best validation metrics of each run, as a small text table."""
+    lines = [f"{'λ_vuv':>6} {'epoch':>5} {'RPA':>6} {'RCA':>6} {'GPE':>6} {'VUV_F1':>6} {'FFE':>6} "
+             f"{'cents':>6} {'thr':>5}  best checkpoint"]
+    for lam, best in results:
+        lines.append(f"{lam:6g} {best['epoch']:5d} {best['RPA']:6.2f} {best['RCA']:6.2f} {best['GPE']:6.2f} "
+                     f"{best['VUV_F1']:6.2f} {best['FFE']:6.2f} {best['MED_CENTS']:6.1f} "
+                     f"{best['vuv_threshold']:5.3f}  {best['checkpoint']}")
+    return "\n".join(lines)
+
+
 @click.command()
 @click.option("--config_path", "-p", required=True, help="YAML config, e.g. ./Configs/config.yml")
 @click.option("--resume", "resume", default=None, help="checkpoint (last.pth) to continue from")
@@ -87,6 +99,9 @@ def main(config_path, resume, overrides):
         config = load_config(config_path, overrides)
     except ConfigError as err:
         raise click.ClickException(str(err))
+    if config["demo_corpus"]["enabled"]:
+        ensure_demo_corpus(config["demo_corpus"], config["dataset_params"]["synthetic_data"]["world"],
+                           config["train_data"], config["val_data"])
     runs = sweep_runs(config)
     if resume and len(runs) > 1:
         raise click.ClickException("--resume continues one run; in a λ sweep each run resumes from its own "
@@ -97,6 +112,7 @@ def main(config_path, resume, overrides):
             results.append((lam, run_one(run_config, run_dir, resume)))
     except (TrainingStopped, ValueError, RuntimeError, FileNotFoundError) as err:
         raise click.ClickException(str(err))
+    click.echo(results_table(results))
     if len(runs) > 1:
         path = write_sweep_summary(config["log_dir"], results)
         lam, best = min(results, key=lambda r: (r[1]["FFE"], -r[1]["RPA"]))

@@ -9,6 +9,7 @@ import math
 import os
 import signal
 import threading
+import time
 
 import numpy as np
 import torch
@@ -77,9 +78,11 @@ class Trainer:
             self._restore(load_checkpoint(resume_from), resume_from)
         elif config["pretrained_model"]:
             self._load_pretrained(config["pretrained_model"], config["load_only_params"])
+        self.first_epoch = self.epoch
 
     def fit(self):
         """Train the remaining epochs; returns the best epoch's summary (metrics, threshold, path)."""
+        start = time.monotonic()
         with save_on_signals(self):
             for epoch in range(self.epoch, self.config["epochs"]):
                 self.epoch = epoch
@@ -88,8 +91,20 @@ class Trainer:
                 self.epoch = epoch + 1
                 self.log_epoch(epoch, train_loss, self.metrics)
                 self.save_checkpoints(epoch, self.metrics)
+                if self._out_of_time(start, epochs_run=epoch + 1 - self.first_epoch):
+                    break
         self.writer.close()
         return self.best
+
+    def _out_of_time(self, start, epochs_run):
+        """True when another epoch (as long as the average so far) would overrun training.max_minutes."""
+        budget = self.training["max_minutes"] * 60
+        elapsed = time.monotonic() - start
+        if budget <= 0 or elapsed + elapsed / epochs_run <= budget or self.epoch >= self.config["epochs"]:
+            return False
+        log.info("stopping after epoch %d: another would overrun training.max_minutes = %g", self.epoch,
+                 self.training["max_minutes"])
+        return True
 
     # ------------------------------------------------------------------ data
     def _build_loaders(self):

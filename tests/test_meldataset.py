@@ -1,0 +1,162 @@
+"""MelDataset items, crops, masks, collate, loader options, and per-seed determinism."""
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from audio import load_audio
+from config_defaults import DEFAULTS
+from meldataset import (MelDataset, SeededSampler, build_dataloader, collate, item_mels, loader_start_method,
+                        mel_spectrogram)
+from audio import read_file_list
+
+
+def dataset_params(**changes):
+    params = copy.deepcopy(DEFAULTS["dataset_params"])
+    params.update(changes)
+    return params
+
+
+@pytest.fixture
+def paths(corpus):
+    return read_file_list(corpus[0])
+
+
+def test_crop_mels_equal_the_whole_clips_mels(paths):
+    wave = load_audio(paths[0])
+    whole = mel_spectrogram(wave)
+    for start, frames in ((0, 32), (3, 10), (17, 40), (whole.shape[-1] - 20, 20)):
+        assert torch.equal(item_mels(wave, start, frames), whole[:, start:start + frames])
+
+
+def test_training_items_are_random_crops_of_max_length(paths):
+    dataset = MelDataset(paths, dataset_params(max_mel_length=32), train=True)
+    starts = set()
+    for seed in range(8):
+        mel, f0, voiced = dataset[(0, seed)]
+        assert mel.shape == (80, 32) and f0.shape == (32,) and voiced.dtype == torch.bool
+        assert torch.equal(voiced, f0 > 0)
+        starts.add(tuple(f0.tolist()))
+    assert len(starts) > 1  # different seeds crop differently
+
+
+def test_validation_items_are_whole_clips_and_deterministic(paths):
+    dataset = MelDataset(paths, dataset_params(max_mel_length=32), train=False)
+    wave = load_audio(paths[1])
+    mel, f0, _ = dataset[1]
+    assert mel.shape[-1] == f0.shape[0] == 1 + len(wave) // 300
+    assert torch.equal(mel, dataset[1][0])
+
+
+def test_collate_pads_mixed_lengths_and_marks_padding_invalid():
+    items = [(torch.randn(80, n), torch.full((n,), 120.0), torch.ones(n, dtype=torch.bool)) for n in (5, 9, 2)]
+    batch = collate(items)
+    assert batch["mel"].shape == (3, 1, 80, 9)
+    assert batch["valid"].sum(1).tolist() == [5, 9, 2]
+    assert not batch["voiced"][~batch["valid"]].any()  # no padded frame is voiced ...
+    assert (batch["f0"][~batch["valid"]] == 0).all()    # ... or carries pitch
+    assert torch.equal(batch["mel"][0, 0, :, :5], items[0][0])
+
+
+def test_loader_batches_carry_masks(paths):
+    dataset = MelDataset(paths, dataset_params(max_mel_length=32), train=False)
+    loader = build_dataloader(dataset, batch_size=3, num_workers=0, seed=0)
+    batch = next(iter(loader))
+    lengths = [dataset[i][1].shape[0] for i in range(3)]
+    assert batch["valid"].sum(1).tolist() == lengths
+
+
+def test_same_seed_same_data_different_seed_different_data(paths):
+    params = dataset_params(max_mel_length=24)
+
+    def first_epoch(seed, workers):
+        loader = build_dataloader(MelDataset(paths, params), 2, workers, seed)
+        loader.sampler.set_epoch(0)
+        return torch.cat([b["f0"] for b in loader])
+
+    a = first_epoch(seed=5, workers=0)
+    assert torch.equal(a, first_epoch(seed=5, workers=2))  # the worker that loads an item does not matter
+    assert not torch.equal(a, first_epoch(seed=6, workers=0))
+
+
+def test_sampler_skip_resumes_mid_epoch():
+    sampler = SeededSampler(10, shuffle=True, seed=1)
+    sampler.set_epoch(3)
+    whole = list(sampler)
+    sampler.set_epoch(3, skip=4)
+    assert list(sampler) == whole[4:] and len(sampler) == 6
+    sampler.set_epoch(4)
+    assert [i for i, _ in sampler] != [i for i, _ in whole]
+
+
+def test_spawn_is_chosen_when_a_cuda_backend_runs_in_workers():
+    f0_params = copy.deepcopy(DEFAULTS["dataset_params"]["f0_params"])
+    assert loader_start_method({}, f0_params, num_workers=2) is None
+    f0_params["torchcrepe"].update(enabled=True, device="cuda")
+    assert loader_start_method({}, f0_params, num_workers=2) == "spawn"
+    assert loader_start_method({}, f0_params, num_workers=0) is None  # no workers: nothing to spawn
+    assert loader_start_method({"start_method": "forkserver"}, f0_params, num_workers=2) == "forkserver"
+
+
+def test_loader_options_are_honoured(paths):
+    dataset = MelDataset(paths, dataset_params(), train=True)
+    loader = build_dataloader(dataset, 2, 2, 0, loader_params={
+        "start_method": "spawn", "persistent_workers": False, "prefetch_factor": 4, "pin_memory": False})
+    assert loader.multiprocessing_context.get_start_method() == "spawn"
+    assert loader.persistent_workers is False and loader.prefetch_factor == 4 and loader.pin_memory is False
+    default = build_dataloader(dataset, 2, 2, 0)
+    assert default.persistent_workers is True and default.prefetch_factor == 2
+
+
+def test_empty_dataset_is_a_clear_error():
+    with pytest.raises(ValueError, match="no usable audio files"):
+        MelDataset([], dataset_params())
+
+
+def synthetic_params(proportion, **kinds):
+    params = dataset_params(max_mel_length=32)
+    params["synthetic_data"].update(enabled=True, proportion=proportion)
+    for kind, on in kinds.items():
+        params["synthetic_data"][kind]["enabled"] = on
+    return params
+
+
+def test_world_items_replace_real_ones_in_training_only(paths):
+    params = synthetic_params(1.0, world=True, pitch_shift=False)
+    train = MelDataset(paths, params, train=True)
+    real = MelDataset(paths, dataset_params(max_mel_length=32), train=True)
+    assert not torch.equal(train[(0, 7)][0], real[(0, 7)][0])
+    val = MelDataset(paths, params, train=False)  # apply_to_validation: false
+    assert torch.equal(val[0][0], MelDataset(paths, dataset_params(), train=False)[0][0])
+    params["synthetic_data"]["apply_to_validation"] = True
+    assert MelDataset(paths, params, train=False).synth is not None
+
+
+def test_pitch_shift_items_scale_the_cached_f0(paths):
+    params = synthetic_params(1.0, world=False, pitch_shift=True)
+    params["synthetic_data"]["apply_to_validation"] = True  # whole clips: labels comparable to the sources'
+    dataset = MelDataset(paths, params, train=False)
+    mel, f0, voiced = dataset[(0, 11)]
+    assert mel.shape[-1] == f0.shape[0] and torch.equal(voiced, f0 > 0)
+    originals = [MelDataset(paths, dataset_params(), train=False)[i][1] for i in range(len(paths))]
+    ratios = [f0[(f0 > 0) & (o > 0)] / o[(f0 > 0) & (o > 0)] for o in originals if len(o) == len(f0)]
+    # the shifted clip's labels are one source's labels times one constant ratio
+    assert any(len(r) and float(r.std()) < 1e-3 and abs(float(r.mean()) - 1) > 1e-3 for r in ratios)
+
+
+def test_blend_proportion_over_many_draws(paths):
+    import numpy as np
+    from synthetic import draw_synthetic_kind
+    params = synthetic_params(0.3, world=True, pitch_shift=True)["synthetic_data"]
+    draws = [draw_synthetic_kind(np.random.default_rng(s), params) for s in range(1000)]
+    assert abs(sum(d is not None for d in draws) / 1000 - 0.3) <= 0.05
+
+
+def test_augmented_items_keep_labels_and_change_mels(paths):
+    params = dataset_params(max_mel_length=32)
+    params["augmentation"].update(enabled=True, probability=1.0)
+    augmented = MelDataset(paths, params, train=True)[(2, 4)]
+    plain = MelDataset(paths, dataset_params(max_mel_length=32), train=True)[(2, 4)]
+    assert torch.equal(augmented[1], plain[1])  # same crop, same labels
+    assert not torch.equal(augmented[0], plain[0])

@@ -1,0 +1,333 @@
+"""synthetic.py: WORLD renderings and pitch shifts whose labels survive independent re-analysis,
+the blend draw, and label-preserving augmentation (real pyworld / librosa / audiomentations)."""
+import random
+
+import numpy as np
+import pytest
+import pyworld
+import scipy.signal
+
+import synthetic
+
+SR, HOP = 24000, 300
+WORLD = {  # the config block's values, shorter clips to keep the file fast
+    "enabled": True, "weight": 0.5, "duration": [1.2, 2.0], "pitch_range": [70.0, 450.0],
+    "gain_db_range": [-12.0, 0.0],
+    "modulation": {"vibrato_rate_hz": [4.0, 7.0], "vibrato_depth_cents": [0.0, 60.0],
+                   "drift_cents": 300.0, "jitter_cents": 5.0},
+}
+SEEDS = range(5)
+
+
+def harvest(audio):
+    """Independent reference F0 on the repo grid: WORLD Harvest + StoneMask, 12.5 ms frames."""
+    x = audio.astype(np.float64)
+    f0, times = pyworld.harvest(x, SR, f0_floor=50.0, f0_ceil=1100.0, frame_period=1000.0 * HOP / SR)
+    return pyworld.stonemask(x, f0, times, SR)
+
+
+_LOWPASS = scipy.signal.butter(4, 1500.0, fs=SR, output="sos")
+
+
+def periodicity(audio, f0):
+    """Per frame: best normalised correlation of the low band (< 1.5 kHz, so frication does not
+    count) over one 300-sample cell with itself one period (1/f0 +- 3 %) later; 0 where f0 = 0."""
+    pad = 1200
+    low = np.pad(scipy.signal.sosfiltfilt(_LOWPASS, audio.astype(np.float64)), pad)
+    out = np.zeros(len(f0))
+    for i, hz in enumerate(f0):
+        if hz <= 0:
+            continue
+        period = SR / hz
+        centre = HOP * i + pad
+        for lag in range(int(period * 0.97), int(np.ceil(period * 1.03)) + 1):
+            start = centre - HOP // 2 - lag // 2
+            a, b = low[start:start + HOP], low[start + lag:start + lag + HOP]
+            norm = np.sqrt(np.dot(a, a) * np.dot(b, b))
+            if norm > 0:
+                out[i] = max(out[i], np.dot(a, b) / norm)
+    return out
+
+
+def away_from_voicing_edges(voiced):
+    """Frames not adjacent to a change of the label's voicing (a 1-frame collar: any analysis
+    window of a few periods straddles the edge there)."""
+    change = np.zeros(len(voiced), dtype=bool)
+    edges = np.nonzero(np.diff(voiced.astype(np.int8)))[0]
+    change[edges] = change[np.minimum(edges + 1, len(voiced) - 1)] = True
+    return ~change
+
+
+def cents(a, b):
+    return 1200.0 * np.abs(np.log2(a / b))
+
+
+@pytest.fixture(scope="module")
+def renders():
+    out = []
+    for seed in SEEDS:
+        audio, f0 = synthetic.render_world_utterance(np.random.default_rng(seed), WORLD)
+        out.append((audio, f0, harvest(audio)))
+    return out
+
+
+# --------------------------------------------------------------------------- WORLD rendering
+
+
+def test_render_shapes_levels_and_grid(renders):
+    for audio, f0, _ in renders:
+        assert audio.dtype == np.float32 and f0.dtype == np.float32
+        assert len(f0) == 1 + len(audio) // HOP
+        assert 1.2 * SR - 1 <= len(audio) <= 2.0 * SR + 1
+        peak_db = 20 * np.log10(np.abs(audio).max())
+        assert -12.01 <= peak_db <= 0.01
+        voiced = f0[f0 > 0]
+        assert 0.2 < len(voiced) / len(f0) < 0.95
+        assert voiced.min() >= 40.0 and voiced.max() <= 1100.0
+
+
+def test_world_f0_matches_independent_reanalysis(renders):
+    errors, at_offsets = [], []
+    for audio, f0, ref in renders:
+        both = (f0 > 0) & (ref > 0)
+        errors.append(cents(ref[both], f0[both]))
+        last = both & (np.r_[f0[1:], 0.0] == 0)  # last voiced frame of each run
+        at_offsets.append(cents(ref[last], f0[last]))
+    errors = np.concatenate(errors)
+    assert np.median(errors) < 10.0, np.median(errors)
+    assert np.mean(errors > 50.0) < 0.08  # octave-type or misaligned frames are rare
+    # WORLD on the label grid itself would glide F0 towards half its value after each voiced frame
+    assert np.median(np.concatenate(at_offsets)) < 20.0, np.median(np.concatenate(at_offsets))
+
+
+def test_world_labels_are_aligned_to_the_frame_grid():
+    # strong vibrato, so that a time offset shows; the re-analysis, shifted by a fraction of a
+    # frame, fits the labels best at zero shift (frame i really describes the audio at 300 i)
+    params = dict(WORLD, modulation=dict(WORLD["modulation"], vibrato_rate_hz=[7.0, 7.0],
+                                         vibrato_depth_cents=[60.0, 60.0]))
+    shifts = np.arange(-1.0, 1.01, 0.125)
+    error = np.zeros(len(shifts))
+    for seed in (10, 11):
+        audio, f0 = synthetic.render_world_utterance(np.random.default_rng(seed), params)
+        ref = harvest(audio)
+        frames = np.arange(len(f0))
+        interior = np.convolve(f0 > 0, np.ones(5), mode="same") == 5  # voiced, and 2 frames each side
+        for k, shift in enumerate(shifts):
+            moved = np.interp(frames + shift, frames, ref)
+            ok = interior & (np.interp(frames + shift, frames, (ref > 0).astype(float)) == 1.0)
+            error[k] += np.median(cents(moved[ok], f0[ok]))
+    best = shifts[np.argmin(error)]
+    assert abs(best) <= 0.25, dict(zip(shifts, error.round(1)))
+    assert error[shifts == 0.0][0] < 0.7 * min(error[shifts == -1.0][0], error[shifts == 1.0][0])
+
+
+def test_world_voicing_matches_independent_reanalysis(renders):
+    agreement, periodic_at_label, unvoiced_but_periodic = [], [], []
+    for audio, f0, ref in renders:
+        voiced = f0 > 0
+        keep = away_from_voicing_edges(voiced)
+        # Harvest alone also reports F0 in silence and fricatives next to voiced speech; a frame is
+        # voiced in the reference when Harvest finds an F0 *and* the low band repeats at that period
+        ref_voiced = (ref > 0) & (periodicity(audio, ref) >= 0.5)
+        agreement.append(np.mean(ref_voiced[keep] == voiced[keep]))
+        unvoiced_but_periodic.append(ref_voiced[keep & ~voiced])
+        # what is labelled voiced really repeats at the labelled period
+        periodic_at_label.append(periodicity(audio, f0)[keep & voiced] >= 0.5)
+    assert np.mean(agreement) >= 0.95, agreement
+    assert np.mean(np.concatenate(periodic_at_label)) >= 0.97
+    assert np.mean(np.concatenate(unvoiced_but_periodic)) <= 0.08
+
+
+def test_world_has_unvoiced_noise_and_silence_labelled_zero(renders):
+    noisy_unvoiced = silent_unvoiced = 0
+    for audio, f0, _ in renders:
+        x = np.pad(audio.astype(np.float64), HOP)
+        energy = np.array([np.mean(x[HOP * i + HOP // 2: HOP * i + 3 * HOP // 2] ** 2) for i in range(len(f0))])
+        level_db = 10 * np.log10(energy / energy.max() + 1e-20)
+        unvoiced = f0 == 0
+        interior = np.zeros(len(f0), dtype=bool)
+        v = np.nonzero(~unvoiced)[0]
+        interior[v[0]:v[-1]] = True
+        keep = away_from_voicing_edges(~unvoiced)
+        # unvoiced frames inside the utterance with real energy (fricatives, bursts, /h/) ...
+        noisy_unvoiced += np.sum(unvoiced & interior & keep & (level_db > -35))
+        # ... and (near-)silent ones (pauses, stop closures, lead-in and tail)
+        silent_unvoiced += np.sum(unvoiced & keep & (level_db < -45))
+    assert noisy_unvoiced >= 10 and silent_unvoiced >= 20, (noisy_unvoiced, silent_unvoiced)
+
+
+def test_world_is_deterministic_per_seed():
+    a1, f1 = synthetic.render_world_utterance(np.random.default_rng(123), WORLD)
+    a2, f2 = synthetic.render_world_utterance(np.random.default_rng(123), WORLD)
+    a3, f3 = synthetic.render_world_utterance(np.random.default_rng(124), WORLD)
+    assert np.array_equal(a1, a2) and np.array_equal(f1, f2)
+    assert len(a1) != len(a3) or not np.array_equal(a1, a3)
+    assert len(f1) != len(f3) or not np.array_equal(f1, f3)
+
+
+def test_world_respects_pitch_range():
+    params = dict(WORLD, pitch_range=[200.0, 200.0], duration=[1.0, 1.0],
+                  modulation={"vibrato_rate_hz": [5.0, 5.0], "vibrato_depth_cents": [0.0, 0.0],
+                              "drift_cents": 0.0, "jitter_cents": 0.0})
+    audio, f0 = synthetic.render_world_utterance(np.random.default_rng(0), params)
+    voiced = f0[f0 > 0]
+    assert len(audio) == SR
+    # only micro-prosody (< 80 cents, up after voiceless consonants) on top of the base pitch
+    assert np.median(voiced) == pytest.approx(200.0, rel=0.01)
+    assert voiced.min() >= 199.9 and voiced.max() <= 200.0 * 2 ** (80 / 1200) + 0.1
+
+
+# --------------------------------------------------------------------------- pitch shifting
+
+SHIFT = {"enabled": True, "weight": 0.5, "semitones": [-4.0, 4.0], "gain_db_range": [-6.0, 6.0],
+         "min_voiced_fraction": 0.2}
+
+
+def test_pitch_shift_labels_match_reanalysis(renders):
+    errors = []
+    for (audio, f0, _), semitones in zip(renders[:3], ([-4.0, -2.0], [2.0, 4.0], [-4.0, -2.0])):
+        shifted = synthetic.pitch_shift_clip(audio, f0, np.random.default_rng(0), dict(SHIFT, semitones=semitones))
+        assert shifted is not None
+        new_audio, new_f0 = shifted
+        assert new_audio.dtype == np.float32 and new_f0.dtype == np.float32
+        assert len(new_audio) == len(audio) and len(new_f0) == len(f0)
+        assert np.array_equal(new_f0 > 0, f0 > 0)
+        ratio = new_f0[f0 > 0] / f0[f0 > 0]
+        assert np.ptp(ratio) < 1e-4  # one shift for the whole clip
+        assert 2 ** (min(semitones) / 12) - 1e-4 <= ratio[0] <= 2 ** (max(semitones) / 12) + 1e-4
+        assert np.abs(new_audio).max() <= 1.0
+        ref = harvest(new_audio)
+        both = (ref > 0) & (new_f0 > 0)
+        errors.append(cents(ref[both], new_f0[both]))
+    assert np.median(np.concatenate(errors)) < 25.0
+
+
+def test_pitch_shift_exact_ratio_and_skip(renders):
+    audio, f0, _ = renders[0]
+    params = dict(SHIFT, semitones=[3.0, 3.0], gain_db_range=[0.0, 0.0])
+    new_audio, new_f0 = synthetic.pitch_shift_clip(audio, f0, np.random.default_rng(0), params)
+    np.testing.assert_allclose(new_f0[f0 > 0], f0[f0 > 0] * 2 ** 0.25, rtol=1e-6)
+    assert np.all(new_f0[f0 == 0] == 0)
+    # too little voicing: skipped
+    sparse = np.zeros_like(f0)
+    sparse[:5] = 150.0
+    assert synthetic.pitch_shift_clip(audio, sparse, np.random.default_rng(0), params) is None
+
+
+# --------------------------------------------------------------------------- blending
+
+
+def test_blend_proportion_and_weights():
+    synth = {"enabled": True, "proportion": 0.3,
+             "world": {"enabled": True, "weight": 0.25}, "pitch_shift": {"enabled": True, "weight": 0.75}}
+    rng = np.random.default_rng(7)
+    kinds = [synthetic.draw_synthetic_kind(rng, synth) for _ in range(1000)]
+    synthetic_share = np.mean([k is not None for k in kinds])
+    assert abs(synthetic_share - 0.3) <= 0.05
+    world_share = np.mean([k == "world" for k in kinds if k is not None])
+    assert abs(world_share - 0.25) <= 0.08
+    assert set(kinds) == {None, "world", "pitch_shift"}
+    # a disabled kind is never drawn; disabled blending gives real items only
+    only_world = dict(synth, pitch_shift={"enabled": False, "weight": 0.75})
+    assert {synthetic.draw_synthetic_kind(rng, only_world) for _ in range(200)} == {None, "world"}
+    assert {synthetic.draw_synthetic_kind(rng, dict(synth, enabled=False)) for _ in range(50)} == {None}
+    # same rng seed, same draws
+    again = np.random.default_rng(7)
+    assert kinds == [synthetic.draw_synthetic_kind(again, synth) for _ in range(1000)]
+
+
+# --------------------------------------------------------------------------- augmentation
+
+
+@pytest.fixture(scope="module")
+def clean(renders):
+    return renders[0][0]
+
+
+def noise_only(snr, types):
+    return {"enabled": True, "probability": 1.0, "snr_db_range": [snr, snr], "noise_types": types,
+            "gain_db_range": [0.0, 0.0], "reverb": False, "band_limit": False}
+
+
+@pytest.mark.parametrize("color", ["white", "pink", "babble"])
+def test_noise_reaches_requested_snr(clean, renders, color):
+    babble = [r[0] for r in renders[1:]]
+    augment = synthetic.build_augmenter(noise_only(10.0, [color]), babble_source=babble)
+    x = clean * 0.5  # headroom: no peak limiting in this measurement
+    out = augment(x, np.random.default_rng(1))
+    assert out.dtype == np.float32 and len(out) == len(x)
+    noise = out.astype(np.float64) - x
+    snr = 10 * np.log10(np.mean(x.astype(np.float64) ** 2) / np.mean(noise**2))
+    assert abs(snr - 10.0) < 1.0, snr
+    if color == "pink":  # pink has more low-frequency than high-frequency power per Hz
+        f, psd = scipy.signal.welch(noise, fs=SR, nperseg=2048)
+        assert psd[(f > 200) & (f < 800)].mean() > 4 * psd[(f > 4000) & (f < 10000)].mean()
+
+
+def test_babble_needs_a_source(clean):
+    augment = synthetic.build_augmenter(noise_only(10.0, ["babble"]))  # no clips: babble left out
+    assert np.array_equal(augment(clean, np.random.default_rng(0)), clean)
+    clips_from_callable = synthetic.build_augmenter(noise_only(10.0, ["babble"]),
+                                                    babble_source=lambda rng: np.sin(np.arange(5000) * 0.1))
+    assert not np.array_equal(clips_from_callable(clean, np.random.default_rng(0)), clean)
+
+
+FULL = {"enabled": True, "probability": 1.0, "snr_db_range": [0.0, 30.0], "noise_types": ["white", "pink"],
+        "gain_db_range": [-12.0, 6.0], "reverb": True, "reverb_rt60": [0.1, 0.5], "band_limit": True,
+        "lowpass_hz": [3000.0, 11000.0], "highpass_hz": [40.0, 200.0]}
+
+
+def test_augment_is_reproducible_and_changes_the_signal(clean):
+    augment = synthetic.build_augmenter(FULL)
+    random.seed(99)
+    np.random.seed(99)
+    expected_python, expected_numpy = random.random(), np.random.random()
+    random.seed(99)
+    np.random.seed(99)
+    a = augment(clean, np.random.default_rng(5))
+    # the global generators audiomentations uses are left as they were
+    assert random.random() == expected_python and np.random.random() == expected_numpy
+    b = augment(clean, np.random.default_rng(5))
+    c = augment(clean, np.random.default_rng(6))
+    assert a.dtype == np.float32 and len(a) == len(clean)
+    assert np.array_equal(a, b)
+    assert not np.allclose(a, c)
+    assert not np.allclose(a, clean)
+
+
+def test_augment_never_clips():
+    loud = (0.99 * np.sign(np.sin(2 * np.pi * 150 * np.arange(SR) / SR))).astype(np.float32)
+    augment = synthetic.build_augmenter(dict(FULL, gain_db_range=[6.0, 6.0], snr_db_range=[0.0, 0.0]))
+    for seed in range(5):
+        out = augment(loud, np.random.default_rng(seed))
+        assert np.abs(out).max() <= 1.0 and len(out) == len(loud)
+
+
+def test_augment_disabled_or_improbable_is_identity(clean):
+    for params in (dict(FULL, enabled=False), dict(FULL, probability=0.0)):
+        assert np.array_equal(synthetic.build_augmenter(params)(clean, np.random.default_rng(0)), clean)
+
+
+def test_reverb_and_filters_keep_time_alignment(clean):
+    rng = np.random.default_rng(3)
+    for transform in (lambda x: synthetic.apply_reverb(x, rng, (0.3, 0.3)),
+                      lambda x: synthetic.band_limit(x, rng, (4000.0, 4000.0), (150.0, 150.0))):
+        out = transform(clean)
+        assert out.dtype == np.float32 and len(out) == len(clean)
+        assert not np.allclose(out, clean)
+        corr = scipy.signal.correlate(out, clean, mode="full", method="fft")
+        lag = int(np.argmax(corr)) - (len(clean) - 1)
+        assert abs(lag) <= 2, lag  # no delay: labels stay on their frames
+
+
+def test_band_limit_filters_what_it_says(clean):
+    f, before = scipy.signal.welch(clean, fs=SR, nperseg=4096)
+    _, lowpassed = scipy.signal.welch(synthetic.band_limit(clean, np.random.default_rng(0), (3000.0, 3000.0), None),
+                                      fs=SR, nperseg=4096)
+    _, highpassed = scipy.signal.welch(synthetic.band_limit(clean, np.random.default_rng(0), None, (400.0, 400.0)),
+                                       fs=SR, nperseg=4096)
+    high, low, mid = f > 6000, f < 150, (f > 1000) & (f < 2000)
+    assert lowpassed[high].sum() < 0.02 * before[high].sum()
+    assert lowpassed[mid].sum() > 0.5 * before[mid].sum()
+    assert highpassed[low].sum() < 0.1 * before[low].sum()
+    assert highpassed[mid].sum() > 0.5 * before[mid].sum()
