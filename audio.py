@@ -1,0 +1,90 @@
+"""Audio files and list files in: everything else in the repo sees 24 kHz mono float32."""
+
+import os
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+SAMPLE_RATE = 24000  # Hz, fixed by the host models
+HOP_LENGTH = 300  # samples: 12.5 ms per mel frame
+
+
+class AudioError(ValueError):
+    """A file that cannot serve as training audio; the message is one line naming file, problem and fix."""
+
+
+def num_frames(n_samples):
+    """Frames on the model grid for a clip of n_samples: frame i is centred at sample HOP_LENGTH * i."""
+    return 1 + n_samples // HOP_LENGTH
+
+
+def frame_times(n_frames):
+    """Seconds of the frame centres on the model grid."""
+    return np.arange(n_frames) * (HOP_LENGTH / SAMPLE_RATE)
+
+
+def require_file(path):
+    """Raise the AudioError for a missing audio file (used before trusting anything derived from it)."""
+    if not os.path.isfile(path):
+        raise AudioError(f"{path}: file not found; fix the path in the list file or restore the file")
+
+
+def _read(path):
+    """(samples x channels float32, sample rate) or an AudioError saying why the file cannot be read."""
+    require_file(path)
+    if os.path.getsize(path) == 0:
+        raise AudioError(f"{path}: empty file (0 bytes); remove it from the list or re-export it")
+    try:
+        # always_2d gives one code path for mono and multichannel; soundfile scales int PCM to [-1, 1).
+        return sf.read(path, dtype="float32", always_2d=True)
+    except sf.SoundFileError as error:
+        reason = str(error).replace("\n", " ")
+        raise AudioError(f"{path}: unreadable audio ({reason}); re-export it as wav, flac or ogg") from None
+
+
+def load_audio(path):
+    """Any file soundfile reads, at any rate and channel count, as 24 kHz mono float32 (N,)."""
+    path = os.fspath(path)
+    samples, sample_rate = _read(path)
+    if samples.size == 0:
+        raise AudioError(f"{path}: empty audio (0 samples); remove it from the list or re-export it")
+    if not np.isfinite(samples).all():
+        raise AudioError(f"{path}: audio contains NaN or infinite samples; re-export it or remove it from the list")
+    mono = samples.mean(axis=1)
+    if sample_rate != SAMPLE_RATE:
+        mono = soxr.resample(mono, sample_rate, SAMPLE_RATE, quality="HQ")
+    return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+def _list_entry_path(field, list_dir):
+    """A list entry as given when it exists from the working directory, else relative to the list's folder."""
+    if os.path.isabs(field) or os.path.exists(field):
+        return field
+    beside_list = os.path.join(list_dir, field)
+    # Neither exists: keep the path as written so the missing-file message shows what the user wrote.
+    return beside_list if os.path.exists(beside_list) else field
+
+
+def read_file_list(list_path):
+    """Audio paths from a `filename.wav|anything` list; blank lines and # comments are skipped.
+
+    A bare `filename.wav` (no `|`) is accepted; a line whose first field is empty is a ValueError.
+    """
+    list_path = os.fspath(list_path)
+    if not os.path.isfile(list_path):
+        raise FileNotFoundError(f"{list_path}: list file not found; set train_data/val_data to an existing list")
+    list_dir = os.path.dirname(os.path.abspath(list_path))
+    paths = []
+    with open(list_path, encoding="utf-8") as lines:
+        for line_number, line in enumerate(lines, start=1):
+            entry = line.strip()
+            if not entry or entry.startswith("#"):
+                continue
+            field = entry.split("|", 1)[0].strip()
+            if not field:
+                raise ValueError(
+                    f"{list_path}:{line_number}: empty filename in {entry!r}; expected `filename.wav|anything`"
+                )
+            paths.append(_list_entry_path(field, list_dir))
+    return paths
