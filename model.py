@@ -171,6 +171,19 @@ def build_model(model_params):
     return JDCNet(model_params)
 
 
+def resolve_device(name):
+    """'auto' -> cuda when available, else cpu; a CUDA device on a machine without one is a ValueError."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} but this machine has no CUDA GPU; use cpu or auto")
+    return device
+
+
 def host_state_dict_shapes():
     """Keys and shapes of the hosts' JDCNet(num_class=1) state dict (= our lstm model's)."""
     return {k: tuple(v.shape) for k, v in build_model({"sequence_model": "lstm"}).state_dict().items()}

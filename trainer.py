@@ -21,7 +21,7 @@ from f0_backends import check_backends, precompute
 from losses import jdc_loss
 from meldataset import MelDataset, build_dataloader
 from metrics import calibrate_vuv_threshold, pitch_metrics
-from model import build_model, load_checkpoint, save_checkpoint
+from model import build_model, load_checkpoint, resolve_device, save_checkpoint
 from optimizers import build_optimizer
 
 log = logging.getLogger("pitchextractor")
@@ -29,15 +29,6 @@ log = logging.getLogger("pitchextractor")
 
 class TrainingStopped(RuntimeError):
     """The run stopped early (signal or diverging loss); last.pth holds its state."""
-
-
-def resolve_device(name):
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device: {name} but this machine has no CUDA GPU; set `device: cpu` or `device: auto`")
-    return device
 
 
 def amp_settings(training, device):

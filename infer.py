@@ -1,0 +1,432 @@
+"""F0 and voicing for audio files from a trained checkpoint: the command and the Python API.
+
+Command:
+    python infer.py --checkpoint CKPT INPUT... --out DIR [--format csv|npy] [--plot]
+                    [--device auto|cpu|cuda[:N]] [--batch-size N] [--chunk-seconds S]
+    python infer.py --checkpoint CKPT --export-host DST      # weights-only file for StarGANv2-VC / StyleTTS
+
+INPUT is an audio file, a folder (searched recursively for the extensions soundfile reads) or a `.txt`
+list file (`filename|anything` per line). Per input file, in DIR:
+    <name>.csv   header `time,f0,voiced,voiced_prob`: frame centre (s), F0 (Hz, the model's estimate in
+                 every frame, unvoiced ones included), voicing decision 0/1 at the checkpoint's calibrated
+                 `vuv_threshold` (0.5 when it has none), P(voiced)
+    <name>.npy   (--format npy) the same as a structured array with fields time (float64), f0 (float32),
+                 voiced (uint8), voiced_prob (float32): `np.load(path)["f0"]`
+    <name>.png   (--plot) the contour over the clip's low-frequency spectrogram, P(voiced) below it
+<name> is the file's stem; inputs that share a stem are named by their path relative to those inputs'
+common folder, `/` written `__`, extension kept (`spk1__a.wav`), so no output overwrites another.
+
+Frames are the model's grid (24 kHz, hop 300: 12.5 ms, 1 + N // 300 frames). A file that cannot be read
+is reported on one line and skipped; the others are written, and the exit status is then 1.
+Without --checkpoint, pretrained/jdc_lstm.pth beside this file is used when it is shipped.
+
+Python:
+    predictor = load_predictor("best.pth")                    # device="auto"
+    time, f0, voiced, voiced_prob = predictor.predict(wave, sr)
+    time, f0, voiced, voiced_prob = predict(wave, sr, checkpoint="best.pth")   # loads once, then cached
+
+Long files run in overlapping windows of --chunk-seconds, stitched in the middle of each overlap: every
+frame comes from a window that gives it CONTEXT_SECONDS of input on both sides (or reaches the clip's
+edge), so the result matches one pass over the whole file (within 1 cent in the tests) at bounded memory.
+"""
+import collections
+import contextlib
+import functools
+import itertools
+import os
+import pickle
+import time as timer
+
+import click
+import numpy as np
+import soundfile as sf
+import soxr
+import torch
+from tqdm import tqdm
+
+from audio import AudioError, HOP_LENGTH, SAMPLE_RATE, frame_times, load_audio, num_frames, read_file_list
+from meldataset import PAD_MEL, crop_wave, item_mels
+from model import N_MELS, build_model, export_host_checkpoint, load_checkpoint, resolve_device
+
+DEFAULT_CHECKPOINT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained", "jdc_lstm.pth")
+HOST_MODEL_PARAMS = {"sequence_model": "lstm"}  # a host {'net': ...} file holds the hosts' JDCNet
+DEFAULT_VUV_THRESHOLD = 0.5
+FRAMES_PER_SECOND = SAMPLE_RATE / HOP_LENGTH
+CHUNK_SECONDS = 30.0
+# Both sequence models see the whole window: the BiLSTM carries state across it and the Transformer
+# attends over it, so a frame needs seconds of context on each side to come out as in one pass.
+CONTEXT_SECONDS = 4.0
+# Windows are padded with silence to a multiple of PAD_MULTIPLE frames and only windows of one padded
+# length share a batch, so a file's result never depends on which other files were in its batch. The
+# padding is at least MIN_PAD_FRAMES, twice the CNN's reach of 8 frames: the last frames of a clip then
+# always see silence after it, never the convolutions' zero padding, however long the window is.
+PAD_MULTIPLE = 32
+MIN_PAD_FRAMES = 16
+AUDIO_EXTENSIONS = frozenset(
+    {f".{name.lower()}" for name in sf.available_formats() if name != "RAW"} | {".aif", ".oga", ".opus"})
+CSV_FORMATS = {"time": "%.4f", "f0": "%.3f", "voiced": "%d", "voiced_prob": "%.4f"}
+NPY_DTYPE = np.dtype([("time", "<f8"), ("f0", "<f4"), ("voiced", "u1"), ("voiced_prob", "<f4")])
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message is one line naming the file and the fix."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------
+
+
+def resolve_checkpoint(checkpoint):
+    """The checkpoint given, else the shipped pretrained/jdc_lstm.pth, else a CheckpointError."""
+    if checkpoint:
+        return os.fspath(checkpoint)
+    if os.path.isfile(DEFAULT_CHECKPOINT):
+        return DEFAULT_CHECKPOINT
+    raise CheckpointError("no checkpoint given and none shipped (pretrained/jdc_lstm.pth is absent); "
+                          "pass --checkpoint PATH (one of ours or a host {'net': ...} file)")
+
+
+@contextlib.contextmanager
+def checkpoint_errors(path):
+    """Turn whatever torch.load or model.py raises for a bad file into a one-line CheckpointError."""
+    try:
+        yield
+    except (FileNotFoundError, ValueError) as error:
+        raise CheckpointError(str(error).splitlines()[0]) from None
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as error:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({reason})") from None
+
+
+def load_model(path):
+    """(model in eval mode, voicing threshold) from one of our checkpoints or a host weights-only file."""
+    with checkpoint_errors(path):
+        state = load_checkpoint(path)
+    model_params = (state.get("config") or {}).get("model_params") or HOST_MODEL_PARAMS
+    model = build_model(model_params)
+    try:
+        model.load_state_dict(state["net"])
+    except RuntimeError as error:
+        problem = next((line.strip() for line in str(error).splitlines()[1:] if line.strip()), str(error))
+        kind = model_params.get("sequence_model", "transformer")
+        raise CheckpointError(f"{path}: its weights do not fit a {kind} JDCNet ({problem[:200]})") from None
+    return model.eval(), float(state.get("vuv_threshold", DEFAULT_VUV_THRESHOLD))
+
+
+def load_predictor(checkpoint=None, device="auto", batch_size=4, chunk_seconds=CHUNK_SECONDS,
+                   context_seconds=CONTEXT_SECONDS):
+    """A Predictor for `checkpoint` (default: the shipped pretrained/jdc_lstm.pth)."""
+    model, vuv_threshold = load_model(resolve_checkpoint(checkpoint))
+    return Predictor(model, vuv_threshold, resolve_device(device), batch_size, chunk_seconds, context_seconds)
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_predictor(checkpoint):
+    return load_predictor(checkpoint)
+
+
+def predict(wave, sr, checkpoint=None):
+    """(time, f0, voiced, voiced_prob) for one waveform; the checkpoint is loaded once per process."""
+    return _cached_predictor(checkpoint).predict(wave, sr)
+
+
+# ----------------------------------------------------------------------------------------------
+# Prediction
+# ----------------------------------------------------------------------------------------------
+
+
+def to_model_rate(wave, sr):
+    """A waveform (float in [-1, 1] or integer PCM) as 24 kHz mono float32.
+
+    2-D input is averaged over its channel axis, taken to be the shorter one, so both soundfile's
+    (samples, channels) and torchaudio's (channels, samples) work. Other rates go through soxr, as in
+    audio.load_audio.
+    """
+    if isinstance(wave, torch.Tensor):
+        wave = wave.detach().cpu().numpy()
+    wave = np.asarray(wave)
+    if np.issubdtype(wave.dtype, np.integer):  # PCM: scaled to [-1, 1) as soundfile reads it
+        wave = wave / -np.iinfo(wave.dtype).min
+    wave = wave.astype(np.float32, copy=False)
+    if wave.ndim == 2:
+        wave = wave.mean(axis=int(np.argmin(wave.shape)))
+    if wave.ndim != 1 or wave.size == 0:
+        raise ValueError(f"expected a non-empty mono (N,) or multichannel 2-D waveform, got shape {wave.shape}")
+    if not np.isfinite(wave).all():
+        raise ValueError("the waveform contains NaN or infinite samples")
+    if sr != SAMPLE_RATE:
+        wave = soxr.resample(wave, sr, SAMPLE_RATE, quality="HQ")
+    return np.ascontiguousarray(wave, dtype=np.float32)
+
+
+def chunk_windows(n_frames, window, context):
+    """(start, end, keep_start, keep_end) frame ranges: the model runs on [start, end) and the result is
+    kept on [keep_start, keep_end). Every window is `window` frames long (the last one ends at the clip's
+    end), and every kept frame has `context` frames of input on each side or lies at the clip's edge."""
+    if n_frames <= window:
+        return [(0, n_frames, 0, n_frames)]
+    windows, keep_start = [], 0
+    while keep_start < n_frames:
+        start = max(0, min(keep_start - context, n_frames - window))
+        end = start + window
+        keep_end = n_frames if end == n_frames else end - context
+        windows.append((start, end, keep_start, keep_end))
+        keep_start = keep_end
+    return windows
+
+
+def padded_length(frames):
+    return -(-(frames + MIN_PAD_FRAMES) // PAD_MULTIPLE) * PAD_MULTIPLE
+
+
+class Predictor:
+    """A model in eval mode and its calibrated voicing threshold.
+
+    `predict(wave, sr)` for one waveform at any rate; `predict_clips(waves)` for many 24 kHz mono clips,
+    batching their windows. Memory is bounded by `batch_size` windows of `chunk_seconds`.
+    """
+
+    def __init__(self, model, vuv_threshold=DEFAULT_VUV_THRESHOLD, device="cpu", batch_size=4,
+                 chunk_seconds=CHUNK_SECONDS, context_seconds=CONTEXT_SECONDS):
+        self.window = round(chunk_seconds * FRAMES_PER_SECOND)
+        self.context = round(context_seconds * FRAMES_PER_SECOND)
+        if self.window <= 2 * self.context:
+            raise ValueError(f"chunk_seconds ({chunk_seconds}) must exceed twice the context ({context_seconds} s)")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.vuv_threshold = float(vuv_threshold)
+        self.batch_size = int(batch_size)
+
+    def predict(self, wave, sr):
+        """(time s, F0 Hz, voiced bool, P(voiced)) per model frame for one waveform (any rate, mono or 2-D)."""
+        f0, voiced_prob = self.predict_clips([to_model_rate(wave, sr)])[0]
+        return frame_times(f0.size), f0, voiced_prob >= self.vuv_threshold, voiced_prob
+
+    def predict_clips(self, waves):
+        """[(F0 Hz, P(voiced))] float32 arrays per 24 kHz mono clip, on the model grid."""
+        results = [(np.zeros(num_frames(len(w)), np.float32), np.zeros(num_frames(len(w)), np.float32))
+                   for w in waves]
+        windows = [(clip, *span) for clip, wave in enumerate(waves)
+                   for span in chunk_windows(num_frames(len(wave)), self.window, self.context)]
+        windows.sort(key=lambda w: padded_length(w[2] - w[1]))
+        for _, same_length in itertools.groupby(windows, key=lambda w: padded_length(w[2] - w[1])):
+            same_length = list(same_length)
+            for first in range(0, len(same_length), self.batch_size):
+                batch = same_length[first: first + self.batch_size]
+                mels = [item_mels(waves[clip], start, end - start) for clip, start, end, _, _ in batch]
+                f0, voiced_prob = self._forward(mels)
+                for row, (clip, start, _, keep_start, keep_end) in enumerate(batch):
+                    kept = slice(keep_start - start, keep_end - start)
+                    results[clip][0][keep_start:keep_end] = f0[row, kept]
+                    results[clip][1][keep_start:keep_end] = voiced_prob[row, kept]
+        return results
+
+    @torch.no_grad()
+    def _forward(self, mels):
+        """Mels (80, T_i) of one padded length -> (F0, P(voiced)) numpy arrays (B, padded T)."""
+        batch = torch.full((len(mels), 1, N_MELS, padded_length(max(m.shape[-1] for m in mels))), PAD_MEL)
+        for row, mel in enumerate(mels):
+            batch[row, 0, :, : mel.shape[-1]] = mel
+        f0, logit = self.model(batch.to(self.device))
+        return f0.float().cpu().numpy(), torch.sigmoid(logit.float()).cpu().numpy()
+
+
+# ----------------------------------------------------------------------------------------------
+# Inputs and outputs
+# ----------------------------------------------------------------------------------------------
+
+
+def audio_files_under(folder):
+    """Audio files below `folder`, recursively, in sorted order."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        found += [os.path.join(root, name) for name in sorted(files)
+                  if os.path.splitext(name)[1].lower() in AUDIO_EXTENSIONS]
+    return found
+
+
+def collect_inputs(inputs):
+    """Audio paths from files, folders and .txt lists, in the order given, each file once."""
+    paths = []
+    for item in inputs:
+        if os.path.isdir(item):
+            paths += audio_files_under(item)
+        elif item.lower().endswith(".txt"):
+            paths += read_file_list(item)
+        else:
+            paths.append(item)  # a missing file is reported with the unreadable ones
+    unique = {}
+    for path in paths:
+        unique.setdefault(os.path.abspath(path), path)
+    return list(unique.values())
+
+
+def output_names(paths):
+    """Output base name per path: its stem, or for stems shared by several paths, the path relative to
+    those paths' common folder with the extension kept and `/` written `__` (distinct for distinct files)."""
+    stems = [os.path.splitext(os.path.basename(path))[0] for path in paths]
+    counts = collections.Counter(stems)
+    shared = [os.path.abspath(path) for path, stem in zip(paths, stems) if counts[stem] > 1]
+    common = os.path.commonpath([os.path.dirname(path) for path in shared]) if shared else ""
+    return [stem if counts[stem] == 1 else os.path.relpath(os.path.abspath(path), common).replace(os.sep, "__")
+            for path, stem in zip(paths, stems)]
+
+
+def write_csv(path, columns):
+    """Columns (name -> 1-D array, names from CSV_FORMATS) as a CSV with a header row."""
+    np.savetxt(path, np.column_stack([np.asarray(v, dtype=np.float64) for v in columns.values()]),
+               fmt=[CSV_FORMATS[name] for name in columns], delimiter=",", header=",".join(columns), comments="")
+
+
+def write_npy(path, columns):
+    table = np.zeros(len(columns["time"]), dtype=NPY_DTYPE)
+    for name, values in columns.items():
+        table[name] = values
+    np.save(path, table)
+
+
+SPECTROGRAM_BLOCK_FRAMES = 8000  # 100 s of frames per STFT call keeps plotting hour-long files in memory
+
+
+def low_band_spectrogram(wave, n_bins):
+    """|STFT| in dB of the lowest n_bins bins, on the model grid (window 1200, n_fft 2048, hop 300, as the
+    mels); computed a block of frames at a time, with crop_wave supplying each block's context."""
+    total, blocks = num_frames(len(wave)), []
+    window = torch.hann_window(1200)
+    for start in range(0, total, SPECTROGRAM_BLOCK_FRAMES):
+        frames = min(SPECTROGRAM_BLOCK_FRAMES, total - start)
+        segment, offset = crop_wave(wave, start, frames)
+        spectrum = torch.stft(torch.from_numpy(segment), 2048, HOP_LENGTH, 1200, window, pad_mode="constant",
+                              return_complex=True)
+        blocks.append(spectrum[:n_bins, offset: offset + frames].abs())
+    return 20 * torch.log10(torch.cat(blocks, dim=1) + 1e-6).numpy()
+
+
+def plot_contour(path, wave, columns, vuv_threshold, title):
+    """PNG: the F0 contour (solid where voiced, dotted where not) over the spectrogram, P(voiced) below."""
+    from matplotlib.figure import Figure  # no pyplot: no global backend state, Agg when saving a PNG
+
+    time, f0, voiced = columns["time"], columns["f0"], columns["voiced"].astype(bool)
+    top_hz = float(np.clip(1.5 * (f0[voiced].max() if voiced.any() else 400.0), 500.0, 4000.0))
+    spectrogram = low_band_spectrogram(wave, int(np.ceil(top_hz * 2048 / SAMPLE_RATE)) + 1)
+    end = time[-1] + HOP_LENGTH / SAMPLE_RATE
+    fig = Figure(figsize=(float(np.clip(2 + end, 6, 40)), 5))
+    contour_axes, prob_axes = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [4, 1]})
+    contour_axes.imshow(spectrogram, origin="lower", aspect="auto", cmap="magma",
+                        extent=(0, end, 0, spectrogram.shape[0] * SAMPLE_RATE / 2048),
+                        vmin=spectrogram.max() - 80, vmax=spectrogram.max())
+    contour_axes.plot(time, np.where(voiced, np.nan, f0), ":", color="cyan", lw=0.8, label="F0 (unvoiced)")
+    contour_axes.plot(time, np.where(voiced, f0, np.nan), "-", color="cyan", lw=1.5, label="F0 (voiced)")
+    contour_axes.set(ylim=(0, top_hz), ylabel="Hz", title=title)
+    contour_axes.legend(loc="upper right", fontsize=7)
+    prob_axes.plot(time, columns["voiced_prob"], "k", lw=0.8)
+    prob_axes.axhline(vuv_threshold, color="r", lw=0.6, ls="--")
+    prob_axes.set(ylim=(0, 1), ylabel="P(voiced)", xlabel="s")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def write_outputs(out, name, wave, f0, voiced_prob, vuv_threshold, fmt, plot):
+    columns = {"time": frame_times(f0.size), "f0": f0, "voiced": voiced_prob >= vuv_threshold,
+               "voiced_prob": voiced_prob}
+    base = os.path.join(out, name)
+    (write_csv if fmt == "csv" else write_npy)(f"{base}.{fmt}", columns)
+    if plot:
+        plot_contour(f"{base}.png", wave, columns, vuv_threshold, name)
+
+
+def run_inference(predictor, paths, out, fmt="csv", plot=False, progress=None):
+    """Write the outputs of every readable path; returns (failed paths, audio seconds done).
+
+    Files are loaded until about one batch of full windows is pending, then predicted together, so memory
+    stays bounded however many files there are.
+    """
+    os.makedirs(out, exist_ok=True)
+    block_samples = predictor.batch_size * predictor.window * HOP_LENGTH
+    pending, pending_samples, failed, audio_seconds = [], 0, [], 0.0
+
+    def flush():
+        results = predictor.predict_clips([wave for _, wave in pending])
+        for (name, wave), (f0, voiced_prob) in zip(pending, results):
+            write_outputs(out, name, wave, f0, voiced_prob, predictor.vuv_threshold, fmt, plot)
+
+    for path, name in zip(paths, output_names(paths)):
+        try:
+            wave = load_audio(path)
+        except AudioError as error:
+            click.echo(f"error: {error}", err=True)
+            failed.append(path)
+        else:
+            pending.append((name, wave))
+            pending_samples += len(wave)
+            audio_seconds += len(wave) / SAMPLE_RATE
+            if pending_samples >= block_samples:
+                flush()
+                pending, pending_samples = [], 0
+        if progress is not None:
+            progress.update(1)
+    if pending:
+        flush()
+    return failed, audio_seconds
+
+
+# ----------------------------------------------------------------------------------------------
+# Command
+# ----------------------------------------------------------------------------------------------
+
+
+@click.command()
+@click.argument("inputs", nargs=-1, type=click.Path())
+@click.option("--checkpoint", type=click.Path(dir_okay=False),
+              help="one of our checkpoints or a host {'net': ...} file [default: pretrained/jdc_lstm.pth]")
+@click.option("--out", type=click.Path(file_okay=False), help="output folder (required with INPUTs)")
+@click.option("--format", "fmt", type=click.Choice(["csv", "npy"]), default="csv", show_default=True)
+@click.option("--plot", is_flag=True, help="also write <name>.png: contour over the spectrogram")
+@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N")
+@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True,
+              help="windows per forward pass")
+@click.option("--chunk-seconds", type=click.FloatRange(min=2 * CONTEXT_SECONDS, min_open=True),
+              default=CHUNK_SECONDS, show_default=True, help="window length for long files")
+@click.option("--export-host", type=click.Path(dir_okay=False),
+              help="write a weights-only host checkpoint (lstm models only) to this file")
+def main(inputs, checkpoint, out, fmt, plot, device, batch_size, chunk_seconds, export_host):
+    """F0, voicing and P(voiced) every 12.5 ms for audio files, folders (searched recursively) and .txt
+    list files (`filename|anything` per line).
+
+    Per input, in --out: <name>.csv with time,f0,voiced,voiced_prob (F0 in every frame; voiced at the
+    checkpoint's calibrated threshold), or <name>.npy (--format npy: a structured array with those
+    fields), and <name>.png with --plot. Inputs sharing a stem are named by their relative path
+    (spk1__a.wav). Unreadable files are reported one per line and skipped; the exit status is then 1.
+    """
+    try:
+        if export_host:
+            source = resolve_checkpoint(checkpoint)
+            with checkpoint_errors(source):
+                export_host_checkpoint(source, export_host)
+            click.echo(f"wrote {export_host}")
+        if not inputs:
+            if export_host:
+                return
+            raise click.UsageError("give at least one INPUT (audio file, folder or .txt list)")
+        if not out:
+            raise click.UsageError("--out DIR is required to write predictions")
+        predictor = load_predictor(checkpoint, device, batch_size, chunk_seconds)
+        paths = collect_inputs(inputs)
+    except (ValueError, FileNotFoundError) as error:  # CheckpointError, list-file and device errors
+        raise click.ClickException(str(error)) from None
+    if not paths:
+        raise click.ClickException(f"no audio files in {', '.join(inputs)}")
+    start = timer.perf_counter()
+    with tqdm(total=len(paths), desc="infer", unit="file", disable=len(paths) < 2) as progress:
+        failed, audio_seconds = run_inference(predictor, paths, out, fmt, plot, progress)
+    seconds = timer.perf_counter() - start
+    click.echo(f"wrote {len(paths) - len(failed)} file(s) to {out}: {audio_seconds:.1f} s of audio in "
+               f"{seconds:.1f} s ({audio_seconds / max(seconds, 1e-9):.1f}x real time)")
+    if failed:
+        raise click.ClickException(f"{len(failed)} of {len(paths)} file(s) could not be read (listed above)")
+
+
+if __name__ == "__main__":
+    main()
