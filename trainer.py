@@ -51,6 +51,10 @@ class Trainer:
         os.makedirs(run_dir, exist_ok=True)
         self.training, self.loss_params = config["training"], config["loss_params"]
         self.device = resolve_device(config["device"])
+        if self.device.type == "cpu":
+            # Leave a core to each loader worker: OpenMP threads that share a core with a busy
+            # worker wait on each other, and a 2-thread step then runs several times slower.
+            torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) - config["num_workers"]))
         torch.manual_seed(config["seed"])
         self.train_loader, self.val_loader = self._build_loaders()
         self.model = build_model(config["model_params"]).to(self.device)
@@ -69,33 +73,27 @@ class Trainer:
             self._restore(load_checkpoint(resume_from), resume_from)
         elif config["pretrained_model"]:
             self._load_pretrained(config["pretrained_model"], config["load_only_params"])
-        self.first_epoch = self.epoch
+        self.deadline = None
 
     def fit(self):
         """Train the remaining epochs; returns the best epoch's summary (metrics, threshold, path)."""
-        start = time.monotonic()
+        budget = self.training["max_minutes"] * 60
+        self.deadline = time.monotonic() + budget if budget > 0 else None
         with save_on_signals(self):
             for epoch in range(self.epoch, self.config["epochs"]):
                 self.epoch = epoch
                 train_loss = self.train_epoch(epoch)
                 self.metrics = self.validate()
-                self.epoch = epoch + 1
+                finished = self.batches_done == 0  # else the time budget ended the epoch early
+                self.epoch = epoch + finished
                 self.log_epoch(epoch, train_loss, self.metrics)
                 self.save_checkpoints(epoch, self.metrics)
-                if self._out_of_time(start, epochs_run=epoch + 1 - self.first_epoch):
+                if not finished:
+                    log.info("training.max_minutes = %g spent after %d batches of epoch %d; resume continues "
+                             "from there", self.training["max_minutes"], self.batches_done, epoch + 1)
                     break
         self.writer.close()
         return self.best
-
-    def _out_of_time(self, start, epochs_run):
-        """True when another epoch (as long as the average so far) would overrun training.max_minutes."""
-        budget = self.training["max_minutes"] * 60
-        elapsed = time.monotonic() - start
-        if budget <= 0 or elapsed + elapsed / epochs_run <= budget or self.epoch >= self.config["epochs"]:
-            return False
-        log.info("stopping after epoch %d: another would overrun training.max_minutes = %g", self.epoch,
-                 self.training["max_minutes"])
-        return True
 
     # ------------------------------------------------------------------ data
     def _build_loaders(self):
@@ -128,6 +126,8 @@ class Trainer:
             if loss is not None:
                 losses.append(loss)
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
+            if self.deadline is not None and time.monotonic() > self.deadline:
+                return float(np.mean(losses)) if losses else math.nan  # batches_done marks where to resume
             if self.stop_signal is not None:
                 self._save(os.path.join(self.run_dir, "last.pth"))
                 raise TrainingStopped(f"stopped by signal {self.stop_signal}; resume with --resume "

@@ -162,3 +162,15 @@ def test_amp_settings_cuda_logic_on_cpu():
     assert amp_settings({**base, "mixed_precision": False}, cuda) == (False, torch.float32, False)
     assert amp_settings(base, torch.device("cpu"))[0] is False
     assert amp_settings({**base, "cpu_mixed_precision": True}, torch.device("cpu")) == (True, torch.bfloat16, False)
+
+
+def test_time_budget_stops_mid_epoch_and_resume_continues_there(tmp_path):
+    config = load_config(tiny_config(tmp_path, epochs=2, training={"max_minutes": 1e-6}))
+    best = Trainer(config, config["log_dir"]).fit()
+    state = torch.load(os.path.join(config["log_dir"], "last.pth"), map_location="cpu", weights_only=True)
+    assert (state["epoch"], state["batches_done"], state["step"]) == (0, 1, 1)
+    assert best is not None and os.path.exists(best["checkpoint"])
+    unlimited = load_config(tiny_config(tmp_path, epochs=2))
+    resumed = Trainer(unlimited, config["log_dir"], resume_from=os.path.join(config["log_dir"], "last.pth"))
+    resumed.fit()
+    assert resumed.step == 6  # the 2 remaining batches of epoch 1, then 3 in epoch 2
