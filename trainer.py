@@ -101,7 +101,7 @@ class Trainer:
         f0_params = data["f0_params"]
         check_backends(f0_params)
         lists = {split: read_file_list(config[key]) for split, key in (("train", "train_data"), ("val", "val_data"))}
-        summary = precompute(lists["train"] + lists["val"], f0_params, workers=max(config["num_workers"], 1),
+        summary = precompute(lists["train"] + lists["val"], f0_params, workers=None,  # all cores
                              strict=data["strict"])
         skipped = set(summary["bad_files"])
         loaders = []
