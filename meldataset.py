@@ -20,7 +20,7 @@ MIN_SAMPLES = N_FFT // 2 + 1  # torch's reflect padding of n_fft // 2 needs a lo
 def _mel_transform():
     # Exactly the hosts' call: every other argument at torchaudio's default (sample_rate=16000!),
     # so the filterbank is laid out for 16 kHz although the audio is 24 kHz. See CONTRACT.md.
-    return torchaudio.transforms.MelSpectrogram(n_mels=80, n_fft=N_FFT, win_length=1200, hop_length=300)
+    return torchaudio.transforms.MelSpectrogram(n_mels=80, n_fft=N_FFT, win_length=1200, hop_length=HOP_LENGTH)
 
 
 def mel_spectrogram(wave):
@@ -35,7 +35,7 @@ def mel_spectrogram(wave):
         raise ValueError("mel_spectrogram: empty waveform; give at least one sample")
     if n < MIN_SAMPLES:
         wave = torch.nn.functional.pad(wave, (0, MIN_SAMPLES - n))
-    mel = _mel_transform()(wave)[..., : 1 + n // 300]
+    mel = _mel_transform()(wave)[..., : num_frames(n)]
     return (torch.log(1e-5 + mel) - MEL_MEAN) / MEL_STD
 
 

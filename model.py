@@ -160,8 +160,12 @@ class JDCNet(nn.Module):
 
     def forward(self, x):
         classifier_in, detector_in, _ = self.cnn_features(x)
-        f0 = self.classifier(self._run(self.bilstm_classifier, classifier_in)).squeeze(-1)
-        detector_out = self.detector(self._run(self.bilstm_detector, detector_in))
+        classifier_out = self._run(self.bilstm_classifier, classifier_in)
+        detector_hidden = self._run(self.bilstm_detector, detector_in)
+        # The heads stay fp32 under autocast: in fp16/bf16 an F0 of ~200 Hz has steps of 0.1-1 Hz.
+        with torch.autocast(x.device.type, enabled=False):
+            f0 = self.classifier(classifier_out.float()).squeeze(-1)
+            detector_out = self.detector(detector_hidden.float())
         # Two-class detector (unvoiced, voiced): the log-odds of "voiced" is their logit difference.
         voiced_logit = detector_out[..., 1] - detector_out[..., 0]
         return torch.abs(f0), voiced_logit  # abs() as the hosts apply it

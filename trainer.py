@@ -51,7 +51,7 @@ class Trainer:
         os.makedirs(run_dir, exist_ok=True)
         self.training, self.loss_params = config["training"], config["loss_params"]
         self.device = resolve_device(config["device"])
-        if self.device.type == "cpu":
+        if self.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
             # Leave a core to each loader worker: OpenMP threads that share a core with a busy
             # worker wait on each other, and a 2-thread step then runs several times slower.
             torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) - config["num_workers"]))
