@@ -1,0 +1,52 @@
+"""The shipped checkpoint: the hosts' layout, the hosts' F0, and a learned model end to end."""
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import harmonic_tone
+from infer import load_predictor
+from meldataset import mel_spectrogram
+from model import build_model
+from test_model import HOST_KEYS, host_f0
+
+PRETRAINED = os.path.join(os.path.dirname(__file__), "..", "pretrained", "jdc_lstm.pth")
+
+
+@pytest.fixture(scope="module")
+def state():
+    return torch.load(PRETRAINED, map_location="cpu", weights_only=True)
+
+
+def test_pretrained_has_host_keys_and_threshold(state):
+    import json
+    with open(HOST_KEYS) as f:
+        expected = {k: list(v) for k, v in json.load(f).items()}
+    assert {k: list(v.shape) for k, v in state["net"].items()} == expected
+    assert 0 < state["vuv_threshold"] < 1
+
+
+def test_pretrained_f0_equals_the_host_computation(state):
+    model = build_model({"sequence_model": "lstm"})
+    model.load_state_dict(state["net"], strict=True)
+    wave = harmonic_tone(150, 200, 1.5, np.random.default_rng(0))
+    mel = mel_spectrogram(wave)[None, None]
+    with torch.no_grad():
+        ours, _ = model.eval()(mel)
+        theirs = host_f0(state["net"], mel)
+    assert (ours - theirs).abs().max().item() <= 1e-4
+
+
+@pytest.mark.parametrize("f0_hz", [110.0, 180.0])
+def test_pretrained_tracks_a_voice_like_tone(f0_hz):
+    rng = np.random.default_rng(1)
+    wave = harmonic_tone(f0_hz, f0_hz * 1.2, 1.0, rng)  # 0.2 s silence, 1 s glide, 0.2 s silence
+    time, f0, voiced, prob = load_predictor(PRETRAINED, device="cpu").predict(wave, 24000)
+    sample = np.round(time * 24000).astype(int) - 4800
+    inside = (sample >= 300) & (sample < 24000 - 300)   # a frame away from the tone's edges
+    outside = (sample < -600) | (sample >= 24000 + 600)
+    truth = f0_hz * 1.2 ** (sample[inside] / 24000)
+    cents = 1200 * np.abs(np.log2(f0[inside] / truth))
+    assert np.median(cents) < 100
+    assert voiced[inside].mean() > 0.7 and voiced[outside].mean() < 0.3
