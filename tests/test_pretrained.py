@@ -50,3 +50,20 @@ def test_pretrained_tracks_a_voice_like_tone(f0_hz):
     cents = 1200 * np.abs(np.log2(f0[inside] / truth))
     assert np.median(cents) < 100
     assert voiced[inside].mean() > 0.7 and voiced[outside].mean() < 0.3
+
+
+def test_infer_uses_the_shipped_checkpoint_by_default(tmp_path):
+    import csv
+
+    import soundfile as sf
+    from click.testing import CliRunner
+
+    import infer
+    sf.write(tmp_path / "tone.wav", harmonic_tone(150, 160, 0.5, np.random.default_rng(2)), 24000)
+    result = CliRunner().invoke(infer.main, [str(tmp_path / "tone.wav"), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    with open(tmp_path / "out" / "tone.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 1 + int(0.9 * 24000) // 300
+    voiced_f0 = [float(r["f0"]) for r in rows if r["voiced"] == "1"]
+    assert voiced_f0 and 100 < np.median(voiced_f0) < 220
