@@ -251,18 +251,16 @@ class Trainer:
 
     def _save(self, path):
         save_checkpoint(self._state(), path)
-        return path
 
     def save_checkpoints(self, epoch, metrics):
-        last = self._save(os.path.join(self.run_dir, "last.pth"))
+        self._save(os.path.join(self.run_dir, "last.pth"))
         if self._is_better(metrics):
             best_path = os.path.join(self.run_dir, "best.pth")
             self.best = {"epoch": epoch + 1, "vuv_threshold": float(self.vuv_threshold),
                          "checkpoint": best_path, **metrics}
             save_checkpoint({**self._state(), "best": self.best}, best_path)
         if (epoch + 1) % self.config["save_freq"] == 0:
-            save_checkpoint(torch.load(last, map_location="cpu", weights_only=True),
-                            os.path.join(self.run_dir, f"epoch_{epoch + 1:05d}.pth"))
+            self._save(os.path.join(self.run_dir, f"epoch_{epoch + 1:05d}.pth"))
 
     def _is_better(self, metrics):
         """Lower FFE wins, ties broken by higher RPA; a nan never beats a number."""
