@@ -15,7 +15,7 @@ import yaml
 
 from config import ConfigError, load_config
 from demo_data import ensure_demo_corpus
-from trainer import Trainer, TrainingStopped
+from trainer import Trainer, TrainingStopped, selection_key
 
 SUMMARY_FIELDS = ("lambda_vuv", "best_epoch", "FFE", "RPA", "RCA", "GPE", "VUV_F1", "VUV_P", "VUV_R",
                   "MED_CENTS", "vuv_threshold", "checkpoint")
@@ -115,7 +115,7 @@ def main(config_path, resume, overrides):
     click.echo(results_table(results))
     if len(runs) > 1:
         path = write_sweep_summary(config["log_dir"], results)
-        lam, best = min(results, key=lambda r: (r[1]["FFE"], -r[1]["RPA"]))
+        lam, best = min(results, key=lambda result: selection_key(result[1]))
         click.echo(f"sweep summary: {path}\nbest λ_vuv = {lam:g}: FFE {best['FFE']:.2f}, RPA {best['RPA']:.2f} "
                    f"-> {best['checkpoint']}")
 

@@ -16,7 +16,7 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from audio import read_file_list
+from audio import frame_times, read_file_list
 from f0_backends import check_backends, precompute
 from losses import jdc_loss
 from meldataset import MelDataset, build_dataloader
@@ -29,6 +29,12 @@ log = logging.getLogger("pitchextractor")
 
 class TrainingStopped(RuntimeError):
     """The run stopped early (signal or diverging loss); last.pth holds its state."""
+
+
+def selection_key(metrics):
+    """Sort key of "best": lower FFE wins, ties broken by higher RPA; a nan never beats a number."""
+    ffe, rpa = metrics["FFE"], metrics["RPA"]
+    return (math.inf if math.isnan(ffe) else ffe, math.inf if math.isnan(rpa) else -rpa)
 
 
 def amp_settings(training, device):
@@ -228,7 +234,7 @@ class Trainer:
             mel, label, _ = dataset[index]
             f0, logit = self.predict(mel[None, None])
             f0, prob = f0[0].numpy(), torch.sigmoid(logit[0]).numpy()
-            t = np.arange(len(label)) * 0.0125
+            t = frame_times(len(label))
             ax.plot(t, np.where(label > 0, label, np.nan), "k", lw=2, label="label F0")
             ax.plot(t, np.where(prob >= self.vuv_threshold, f0, np.nan), "r", lw=1, label="predicted F0 (voiced)")
             ax.set_ylabel("Hz")
@@ -263,11 +269,7 @@ class Trainer:
             self._save(os.path.join(self.run_dir, f"epoch_{epoch + 1:05d}.pth"))
 
     def _is_better(self, metrics):
-        """Lower FFE wins, ties broken by higher RPA; a nan never beats a number."""
-        def key(m):
-            ffe, rpa = m["FFE"], m["RPA"]
-            return (math.inf if math.isnan(ffe) else ffe, -(-math.inf if math.isnan(rpa) else rpa))
-        return self.best is None or key(metrics) < key(self.best)
+        return self.best is None or selection_key(metrics) < selection_key(self.best)
 
     def _restore(self, state, path):
         self.model.load_state_dict(state["net"])
