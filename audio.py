@@ -1,6 +1,7 @@
 """Audio files and list files in: everything else in the repo sees 24 kHz mono float32."""
 
 import os
+import uuid
 
 import numpy as np
 import soundfile as sf
@@ -88,3 +89,16 @@ def read_file_list(list_path):
                 )
             paths.append(_list_entry_path(field, list_dir))
     return paths
+
+
+def write_atomically(target, payload):
+    """Write bytes so that readers see the old file or the new one, never a partial one."""
+    temporary = f"{target}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        with open(temporary, "xb") as handle:  # a plain open honours the umask, unlike mkstemp
+            handle.write(payload)
+        os.replace(temporary, target)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise

@@ -11,7 +11,7 @@ import os
 import numpy as np
 import soundfile as sf
 
-from audio import SAMPLE_RATE
+from audio import SAMPLE_RATE, write_atomically
 from synthetic import add_noise, pitch_shift_clip, render_world_utterance
 
 NOISES = ("white", "pink", "babble")
@@ -39,9 +39,7 @@ def write_split(folder, list_path, count, seed, world_params):
             path = os.path.join(folder, f"utt{i:04d}_{suffix}.wav")
             sf.write(path, audio.astype(np.float32), SAMPLE_RATE, subtype="PCM_16")
             lines.append(f"{os.path.abspath(path)}|demo")
-    with open(list_path + ".tmp", "w") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(list_path + ".tmp", list_path)
+    write_atomically(list_path, ("\n".join(lines) + "\n").encode())
 
 
 def ensure_demo_corpus(demo_params, world_params, train_list, val_list):

@@ -17,14 +17,14 @@ import multiprocessing
 import os
 import sys
 import time
-import uuid
 import zlib
 
 import click
 import numpy as np
 from tqdm import tqdm
 
-from audio import AudioError, HOP_LENGTH, SAMPLE_RATE, frame_times, load_audio, num_frames, read_file_list, require_file
+from audio import (AudioError, HOP_LENGTH, SAMPLE_RATE, frame_times, load_audio, num_frames, read_file_list,
+                   require_file, write_atomically)
 
 logger = logging.getLogger(__name__)
 
@@ -360,19 +360,6 @@ def _load_valid_cache(array_path, sidecar_path, expected):
     return f0, meta
 
 
-def _write_atomically(target, payload):
-    """Write bytes so that readers see the old file or the new one, never a partial one."""
-    temporary = f"{target}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        with open(temporary, "xb") as handle:  # a plain open honours the umask, unlike mkstemp
-            handle.write(payload)
-        os.replace(temporary, target)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
-
-
 def _npy_bytes(f0):
     buffer = io.BytesIO()
     np.save(buffer, f0)
@@ -404,8 +391,8 @@ def _write_cache(path, f0_params, f0, backend, n_samples, identity):
     try:
         os.makedirs(os.path.dirname(array_path), exist_ok=True)
         # Array first: a sidecar is only ever written for the array it describes (its crc32).
-        _write_atomically(array_path, _npy_bytes(f0))
-        _write_atomically(sidecar_path, json.dumps(meta, indent=1).encode())
+        write_atomically(array_path, _npy_bytes(f0))
+        write_atomically(sidecar_path, json.dumps(meta, indent=1).encode())
     except OSError as error:
         raise OSError(f"{path}: cannot write its F0 cache {array_path} ({error.strerror or error}); "
                       "set dataset_params.f0_params.cache_dir to a writable folder") from None

@@ -8,14 +8,16 @@ encoders with a convolutional (relative) position encoding, so any length works.
 forward(x): (B, 1, n_mels, T) -> (f0_hz, voiced_logit), each (B, T); sigmoid(voiced_logit) = P(voiced).
 """
 import argparse
+import io
 import os
 import sys
-import tempfile
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
+
+from audio import write_atomically
 
 N_MELS = 80
 
@@ -222,20 +224,11 @@ def export_host_checkpoint(src, dst):
 
 
 def save_checkpoint(obj, path):
-    """torch.save to a temp file in the same folder, then rename: a kill never leaves half a file."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide checkpoints from other users
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    """torch.save, written atomically: a kill never leaves half a checkpoint."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_atomically(path, buffer.getvalue())
 
 
 def main(argv=None):

@@ -6,6 +6,7 @@ goes to `log_dir`.
 """
 import copy
 import csv
+import io
 import logging
 import os
 import sys
@@ -13,6 +14,7 @@ import sys
 import click
 import yaml
 
+from audio import write_atomically
 from config import ConfigError, load_config
 from demo_data import ensure_demo_corpus
 from trainer import Trainer, TrainingStopped, selection_key
@@ -69,13 +71,12 @@ def run_one(config, run_dir, resume):
 
 def write_sweep_summary(log_dir, results):
     path = os.path.join(log_dir, "sweep_summary.csv")
-    with open(path + ".tmp", "w", newline="") as f:
-        writer = csv.DictWriter(f, SUMMARY_FIELDS)
-        writer.writeheader()
-        for lam, best in results:
-            writer.writerow({"lambda_vuv": lam, "best_epoch": best["epoch"],
-                             **{k: best[k] for k in SUMMARY_FIELDS[2:]}})
-    os.replace(path + ".tmp", path)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, SUMMARY_FIELDS)
+    writer.writeheader()
+    for lam, best in results:
+        writer.writerow({"lambda_vuv": lam, "best_epoch": best["epoch"], **{k: best[k] for k in SUMMARY_FIELDS[2:]}})
+    write_atomically(path, text.getvalue().encode())
     return path
 
 

@@ -52,6 +52,7 @@ import copy
 import dataclasses
 import glob
 import hashlib
+import io
 import multiprocessing
 import os
 import re
@@ -60,14 +61,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 
 import click
 import numpy as np
 import soundfile as sf
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from audio import SAMPLE_RATE, AudioError, load_audio  # noqa: E402
+from audio import SAMPLE_RATE, AudioError, load_audio, write_atomically  # noqa: E402
 
 MIN_SECONDS = 0.5  # shorter clips (after trimming) are skipped
 TRIM_TOP_DB = 40.0  # silence = frames this far below the clip's loudest frame
@@ -241,14 +241,9 @@ def trim_silence(audio, sample_rate=SAMPLE_RATE, top_db=TRIM_TOP_DB, margin_s=TR
 
 def _write_wav_atomically(path, audio):
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    temporary = f"{path}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.wav"
-    try:
-        sf.write(temporary, audio, SAMPLE_RATE, subtype="PCM_16")
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
+    buffer = io.BytesIO()
+    sf.write(buffer, audio, SAMPLE_RATE, subtype="PCM_16", format="WAV")
+    write_atomically(path, buffer.getvalue())
 
 
 def convert_clip(source, target, min_seconds=MIN_SECONDS):

@@ -146,7 +146,6 @@ def test_pitch_shift_items_scale_the_cached_f0(paths):
 
 
 def test_blend_proportion_over_many_draws(paths):
-    import numpy as np
     from synthetic import draw_synthetic_kind
     params = synthetic_params(0.3, world=True, pitch_shift=True)["synthetic_data"]
     draws = [draw_synthetic_kind(np.random.default_rng(s), params) for s in range(1000)]
