@@ -28,7 +28,8 @@ POSITIVE = ("epochs", "batch_size", "save_freq", "optimizer_params.lr", "dataset
             "training.plot_every", "training.max_nonfinite_steps", "loss_params.vuv_calibration_steps")
 NON_NEGATIVE = ("num_workers", "loss_params.lambda_vuv", "training.grad_clip", "training.plot_clips",
                 "dataset_params.f0_params.min_voiced_frames")
-FRACTIONS = ("loss_params.vuv_initial_threshold", "dataset_params.synthetic_data.proportion")
+FRACTIONS = ("loss_params.vuv_initial_threshold", "dataset_params.synthetic_data.proportion",
+             "dataset_params.f0_params.pyworld.d4c_threshold")
 
 
 class ConfigError(ValueError):
