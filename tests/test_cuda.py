@@ -1,0 +1,96 @@
+"""The CUDA paths, run for real on a GPU: fp16 AMP with GradScaler, bf16 autocast, gradient
+checkpointing (same gradients, less memory), torchcrepe labelling on CUDA inside spawned DataLoader
+workers, and inference. Skipped on machines without a CUDA GPU (CI); their CPU-side logic is covered by
+test_trainer.py, test_meldataset.py and test_f0_backends.py."""
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from audio import load_audio
+from config import load_config
+from conftest import harmonic_tone, tiny_config
+from f0_backends import cache_paths, compute_f0
+from infer import load_predictor
+from meldataset import MelDataset, build_dataloader
+from model import build_model
+from trainer import Trainer
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+DEVICE = "cuda"
+
+
+def cents(a, b):
+    return 1200 * np.abs(np.log2(a / b))
+
+
+@pytest.mark.parametrize("amp_dtype", ["float16", "bfloat16"])
+def test_amp_training_learns_with_fp32_master_weights(tmp_path, amp_dtype):
+    config = load_config(tiny_config(tmp_path, device=DEVICE, epochs=4,
+                                     training={"mixed_precision": True, "amp_dtype": amp_dtype}))
+    trainer = Trainer(config, config["log_dir"])
+    assert trainer.amp and trainer.amp_dtype == getattr(torch, amp_dtype)
+    assert trainer.scaler.is_enabled() == (amp_dtype == "float16")  # bf16 needs no loss scaling
+    losses = [trainer.train_epoch(epoch) for epoch in range(4)]
+    assert np.all(np.isfinite(losses)) and losses[-1] < 0.8 * losses[0], losses
+    assert trainer.nonfinite_total == 0
+    assert all(p.dtype == torch.float32 and p.is_cuda for p in trainer.model.parameters())
+    metrics = trainer.validate()
+    assert np.isfinite(metrics["RPA"]) and 0 < trainer.vuv_threshold < 1
+
+
+@pytest.mark.parametrize("kind", ["lstm", "transformer"])
+def test_gradient_checkpointing_same_gradients_less_memory(kind):
+    torch.manual_seed(0)
+    model = build_model({"sequence_model": kind, "cnn_dropout": 0.0,
+                         "transformer": {"dropout": 0.0}}).to(DEVICE).train()
+    x = torch.randn(16, 1, 80, 192, device=DEVICE)
+
+    def grads_and_peak_memory():
+        model.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        f0, logit = model(x)
+        (f0.mean() + logit.mean()).backward()
+        torch.cuda.synchronize()
+        return [p.grad.clone() for p in model.parameters()], torch.cuda.max_memory_allocated()
+
+    plain, plain_peak = grads_and_peak_memory()
+    model.set_gradient_checkpointing(True)
+    checkpointed, checkpointed_peak = grads_and_peak_memory()
+    for a, b in zip(plain, checkpointed):
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-5)
+    assert checkpointed_peak < 0.8 * plain_peak, (checkpointed_peak, plain_peak)
+
+
+def test_torchcrepe_on_cuda_labels_in_spawned_workers(tmp_path):
+    config = load_config(tiny_config(tmp_path))
+    dataset_params = copy.deepcopy(config["dataset_params"])
+    f0_params = dataset_params["f0_params"]
+    f0_params["pyworld"]["enabled"] = False
+    f0_params["torchcrepe"].update(enabled=True, model="tiny", device=DEVICE)
+    paths = [line.split("|")[0] for line in open(config["train_data"]) if line.strip()]
+    dataset = MelDataset(paths, dataset_params, train=False)
+    loader = build_dataloader(dataset, batch_size=2, num_workers=2, seed=0, device=DEVICE,
+                              loader_params={"persistent_workers": False})
+    assert loader.multiprocessing_context.get_start_method() == "spawn"
+    batches = list(loader)  # each worker labels its clips with torchcrepe on the GPU and caches them
+    assert sum(len(b["f0"]) for b in batches) == len(paths)
+    for path in paths:
+        cached = np.load(cache_paths(path, f0_params)[0])
+        fresh, backend = compute_f0(load_audio(path), f0_params)  # the same, in this process
+        assert backend == "torchcrepe"
+        both = (cached > 0) & (fresh > 0)
+        assert np.mean((cached > 0) == (fresh > 0)) >= 0.98
+        # torchcrepe dithers each F0 by up to half a 20-cent bin (triangular), so two runs differ by ~5 cents
+        assert np.median(cents(cached[both], fresh[both])) < 12.0
+
+
+def test_inference_on_cuda_matches_cpu():
+    wave = harmonic_tone(110.0, 220.0, 2.0, np.random.default_rng(0))
+    _, f0_gpu, voiced_gpu, prob_gpu = load_predictor(device=DEVICE).predict(wave, 24000)
+    _, f0_cpu, voiced_cpu, prob_cpu = load_predictor(device="cpu").predict(wave, 24000)
+    assert np.max(cents(f0_gpu, f0_cpu)) < 5.0
+    assert np.max(np.abs(prob_gpu - prob_cpu)) < 1e-3
+    assert np.mean(voiced_gpu == voiced_cpu) >= 0.99
