@@ -30,7 +30,8 @@ Sources (both GPL-2):
 Pipeline: download -> extract to a temporary folder -> keep speech -> 24 kHz mono (audio.load_audio),
 silence edges trimmed (-40 dB re clip peak, 0.1 s margin kept), clips < 0.5 s skipped ->
 <out>/wav/<speaker>/<name>.wav (16-bit) -> F0 labels through the default cascade
-(f0_backends.precompute with Configs/config.yml's f0_params: PyWorld harvest, dio fallback;
+(f0_backends.precompute with Configs/config.yml's f0_params: PyWorld harvest, dio fallback, StoneMask,
+D4C voicing check;
 caches beside the wavs) -> speaker-disjoint split -> <out>/train_list.txt, <out>/val_list.txt
 (`wav/<speaker>/<name>.wav|<speaker>`, relative to the list's folder, which read_file_list resolves).
 Clips whose labels failed (no backend found voicing) are left out of both lists. Re-running skips

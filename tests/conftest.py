@@ -6,18 +6,17 @@ import pytest
 import soundfile as sf
 import yaml
 
+from f0_helpers import harmonic_tone
+
 SR = 24000
 
 
-def harmonic_tone(f0_start, f0_end, seconds, rng, silence=0.2):
-    """Silence, a harmonic glide with a few partials, silence; 24 kHz float32."""
+def glide_clip(f0_start, f0_end, seconds, rng, silence=0.2):
+    """Silence, a tapered harmonic glide from f0_start to f0_end Hz, silence; 24 kHz float32."""
     n = int(seconds * SR)
-    f0 = np.geomspace(f0_start, f0_end, n)
-    phase = 2 * np.pi * np.cumsum(f0) / SR
-    tone = sum(np.sin(k * phase) / k for k in range(1, 6)) * 0.3
-    tone *= np.hanning(n) ** 0.2
+    tone = harmonic_tone(np.geomspace(f0_start, f0_end, n), n_harmonics=5, amplitude=0.4) * np.hanning(n) ** 0.2
     pad = np.zeros(int(silence * SR))
-    return np.concatenate([pad, tone, pad]).astype(np.float32) + rng.normal(0, 1e-4, 2 * len(pad) + n).astype(np.float32)
+    return (np.concatenate([pad, tone, pad]) + rng.normal(0, 1e-4, 2 * len(pad) + n)).astype(np.float32)
 
 
 def write_corpus(folder, n_train=6, n_val=2, seconds=0.8, seed=0):
@@ -29,7 +28,7 @@ def write_corpus(folder, n_train=6, n_val=2, seconds=0.8, seed=0):
         lines = []
         for i in range(count):
             path = os.path.join(folder, f"{split}_{i}.wav")
-            sf.write(path, harmonic_tone(*rng.uniform(100, 300, 2), seconds, rng), SR)
+            sf.write(path, glide_clip(*rng.uniform(100, 300, 2), seconds, rng), SR)
             lines.append(f"{path}|speaker0")
         lists[split] = os.path.join(folder, f"{split}_list.txt")
         with open(lists[split], "w") as f:

@@ -10,7 +10,7 @@ import torch
 
 from audio import load_audio
 from config import load_config
-from conftest import harmonic_tone, tiny_config
+from conftest import glide_clip, tiny_config
 from f0_backends import cache_paths, compute_f0
 from infer import load_predictor
 from meldataset import MelDataset, build_dataloader
@@ -88,7 +88,7 @@ def test_torchcrepe_on_cuda_labels_in_spawned_workers(tmp_path):
 
 
 def test_inference_on_cuda_matches_cpu():
-    wave = harmonic_tone(110.0, 220.0, 2.0, np.random.default_rng(0))
+    wave = glide_clip(110.0, 220.0, 2.0, np.random.default_rng(0))
     _, f0_gpu, voiced_gpu, prob_gpu = load_predictor(device=DEVICE).predict(wave, 24000)
     _, f0_cpu, voiced_cpu, prob_cpu = load_predictor(device="cpu").predict(wave, 24000)
     assert np.max(cents(f0_gpu, f0_cpu)) < 5.0

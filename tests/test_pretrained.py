@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import harmonic_tone
+from conftest import glide_clip
 from infer import load_predictor
 from meldataset import mel_spectrogram
 from model import build_model
@@ -30,7 +30,7 @@ def test_pretrained_has_host_keys_and_threshold(state):
 def test_pretrained_f0_equals_the_host_computation(state):
     model = build_model({"sequence_model": "lstm"})
     model.load_state_dict(state["net"], strict=True)
-    wave = harmonic_tone(150, 200, 1.5, np.random.default_rng(0))
+    wave = glide_clip(150, 200, 1.5, np.random.default_rng(0))
     mel = mel_spectrogram(wave)[None, None]
     with torch.no_grad():
         ours, _ = model.eval()(mel)
@@ -41,7 +41,7 @@ def test_pretrained_f0_equals_the_host_computation(state):
 @pytest.mark.parametrize("f0_hz", [110.0, 180.0])
 def test_pretrained_tracks_a_voice_like_tone(f0_hz):
     rng = np.random.default_rng(1)
-    wave = harmonic_tone(f0_hz, f0_hz * 1.2, 1.0, rng)  # 0.2 s silence, 1 s glide, 0.2 s silence
+    wave = glide_clip(f0_hz, f0_hz * 1.2, 1.0, rng)  # 0.2 s silence, 1 s glide, 0.2 s silence
     time, f0, voiced, prob = load_predictor(PRETRAINED, device="cpu").predict(wave, 24000)
     sample = np.round(time * 24000).astype(int) - 4800
     inside = (sample >= 300) & (sample < 24000 - 300)   # a frame away from the tone's edges
@@ -59,7 +59,7 @@ def test_infer_uses_the_shipped_checkpoint_by_default(tmp_path):
     from click.testing import CliRunner
 
     import infer
-    sf.write(tmp_path / "tone.wav", harmonic_tone(150, 160, 0.5, np.random.default_rng(2)), 24000)
+    sf.write(tmp_path / "tone.wav", glide_clip(150, 160, 0.5, np.random.default_rng(2)), 24000)
     result = CliRunner().invoke(infer.main, [str(tmp_path / "tone.wav"), "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     with open(tmp_path / "out" / "tone.csv") as f:
