@@ -9,6 +9,7 @@ import scipy.signal
 
 import f0_backends
 import synthetic
+from audio import frame_times
 
 SR, HOP = 24000, 300
 WORLD = {  # the config block's values, shorter clips to keep the file fast
@@ -129,8 +130,7 @@ def test_world_voicing_matches_independent_reanalysis(renders):
         keep = away_from_voicing_edges(voiced)
         # Harvest alone also reports F0 in silence and fricatives next to voiced speech (~10 % of
         # frames here); WORLD's own D4C voicing check, as the pyworld backend applies it, removes those
-        times = np.arange(len(ref)) * HOP / SR
-        ref_voiced = f0_backends.d4c_voicing_gate(audio.astype(np.float64), ref, times, 0.85) > 0
+        ref_voiced = f0_backends.d4c_voicing_gate(audio.astype(np.float64), ref, frame_times(len(ref)), 0.85) > 0
         agreement.append(np.mean(ref_voiced[keep] == voiced[keep]))
         unvoiced_but_periodic.append(ref_voiced[keep & ~voiced])
         # what is labelled voiced really repeats at the labelled period
