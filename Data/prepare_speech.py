@@ -310,8 +310,7 @@ def write_list(path, entries):
     """Write entries [(audio path, speaker)] sorted, one `relative/path.wav|speaker` per line."""
     list_dir = os.path.dirname(os.path.abspath(path))
     lines = list_lines(sorted(entries, key=lambda entry: (entry[1], entry[0])), list_dir)
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write("".join(line + "\n" for line in lines))
+    write_atomically(path, "".join(line + "\n" for line in lines).encode())
     return len(lines)
 
 
