@@ -8,7 +8,10 @@ import soundfile as sf
 import soxr
 
 SAMPLE_RATE = 24000  # Hz, fixed by the host models
-HOP_LENGTH = 300  # samples: 12.5 ms per mel frame
+HOP_LENGTH = 300  # samples per model frame
+FRAME_SECONDS = HOP_LENGTH / SAMPLE_RATE  # 12.5 ms: the one frame period every module uses
+FRAME_PERIOD_MS = 1000.0 * FRAME_SECONDS
+FRAMES_PER_SECOND = SAMPLE_RATE / HOP_LENGTH
 
 
 class AudioError(ValueError):
@@ -22,7 +25,7 @@ def num_frames(n_samples):
 
 def frame_times(n_frames):
     """Seconds of the frame centres on the model grid."""
-    return np.arange(n_frames) * (HOP_LENGTH / SAMPLE_RATE)
+    return np.arange(n_frames) * FRAME_SECONDS
 
 
 def require_file(path):
@@ -44,18 +47,40 @@ def _read(path):
         raise AudioError(f"{path}: unreadable audio ({reason}); re-export it as wav, flac or ogg") from None
 
 
+def to_model_rate(wave, sr):
+    """A waveform (float in [-1, 1] or integer PCM, numpy or torch) as 24 kHz mono float32 (N,).
+
+    2-D input is averaged over its channel axis, taken to be the shorter one, so both soundfile's
+    (samples, channels) and torchaudio's (channels, samples) work. Other rates go through soxr (HQ).
+    A ValueError for empty, non-finite or >2-D input.
+    """
+    if hasattr(wave, "detach"):  # a torch tensor, without importing torch here
+        wave = wave.detach().cpu().numpy()
+    wave = np.asarray(wave)
+    if np.issubdtype(wave.dtype, np.integer):  # PCM: scaled to [-1, 1) as soundfile reads it
+        wave = wave / -np.iinfo(wave.dtype).min
+    wave = wave.astype(np.float32, copy=False)
+    if wave.ndim == 2:
+        wave = wave.mean(axis=int(np.argmin(wave.shape)))
+    if wave.ndim != 1 or wave.size == 0:
+        raise ValueError(f"expected a non-empty mono (N,) or multichannel 2-D waveform, got shape {wave.shape}")
+    if not np.isfinite(wave).all():
+        raise ValueError("the waveform contains NaN or infinite samples")
+    if sr != SAMPLE_RATE:
+        wave = soxr.resample(wave, sr, SAMPLE_RATE, quality="HQ")
+    return np.ascontiguousarray(wave, dtype=np.float32)
+
+
 def load_audio(path):
     """Any file soundfile reads, at any rate and channel count, as 24 kHz mono float32 (N,)."""
     path = os.fspath(path)
     samples, sample_rate = _read(path)
     if samples.size == 0:
         raise AudioError(f"{path}: empty audio (0 samples); remove it from the list or re-export it")
-    if not np.isfinite(samples).all():
-        raise AudioError(f"{path}: audio contains NaN or infinite samples; re-export it or remove it from the list")
-    mono = samples.mean(axis=1)
-    if sample_rate != SAMPLE_RATE:
-        mono = soxr.resample(mono, sample_rate, SAMPLE_RATE, quality="HQ")
-    return np.ascontiguousarray(mono, dtype=np.float32)
+    try:
+        return to_model_rate(samples.mean(axis=1), sample_rate)  # soundfile gives (samples, channels)
+    except ValueError:
+        raise AudioError(f"{path}: audio contains NaN or infinite samples; re-export it or remove it from the list") from None
 
 
 def _list_entry_path(field, list_dir):

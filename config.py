@@ -9,21 +9,24 @@ import math
 import yaml
 
 from config_defaults import DEFAULTS
+from f0_backends import BACKENDS, CREPE_MODELS, PRAAT_WINDOW_PERIODS, PYWORLD_ALGORITHMS, PYWORLD_FALLBACKS
+from losses import F0_LOSS_KINDS
+from model import SEQUENCE_MODELS
+from optimizers import SCHEDULERS
 
+AMP_DTYPES = ("float16", "bfloat16")  # what training.amp_dtype may name (trainer.amp_settings maps them)
 CHOICES = {
-    "device": None,  # checked by pattern below
     "resume": ("auto", "never"),
-    "optimizer_params.scheduler": ("onecycle", "cosine", "constant"),
-    "loss_params.f0_loss": ("l1_cents", "smoothl1_hz"),
-    "training.amp_dtype": ("float16", "bfloat16"),
-    "model_params.sequence_model": ("transformer", "lstm"),
-    "dataset_params.f0_params.pyworld.algorithm": ("harvest", "dio"),
-    "dataset_params.f0_params.pyworld.fallback": ("harvest", "dio", None),
-    "dataset_params.f0_params.torchcrepe.model": ("tiny", "full"),
-    "dataset_params.f0_params.praat.method": ("ac", "cc"),
+    "optimizer_params.scheduler": SCHEDULERS,
+    "loss_params.f0_loss": F0_LOSS_KINDS,
+    "training.amp_dtype": AMP_DTYPES,
+    "model_params.sequence_model": SEQUENCE_MODELS,
+    "dataset_params.f0_params.pyworld.algorithm": PYWORLD_ALGORITHMS,
+    "dataset_params.f0_params.pyworld.fallback": PYWORLD_FALLBACKS,
+    "dataset_params.f0_params.torchcrepe.model": CREPE_MODELS,
+    "dataset_params.f0_params.praat.method": tuple(PRAAT_WINDOW_PERIODS),
     "dataset_params.dataloader.start_method": (None, "fork", "spawn", "forkserver"),
 }
-BACKENDS = ("pyworld", "torchcrepe", "swiftf0", "praat")
 POSITIVE = ("epochs", "batch_size", "save_freq", "optimizer_params.lr", "dataset_params.max_mel_length",
             "training.plot_every", "training.max_nonfinite_steps", "loss_params.vuv_calibration_steps")
 NON_NEGATIVE = ("num_workers", "loss_params.lambda_vuv", "training.grad_clip", "training.plot_clips",
@@ -118,7 +121,7 @@ def check_values(config):
         raise ConfigError(f"`{key}` = {get(config, key)!r}: {message}")
 
     for key, allowed in CHOICES.items():
-        if allowed is not None and get(config, key) not in allowed:
+        if get(config, key) not in allowed:
             fail(key, f"must be one of {', '.join(map(str, allowed))}")
     device = config["device"]
     if not (device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())):

@@ -6,14 +6,17 @@ pitch-shifted and a noisy variant, written as real 24 kHz WAV files with the two
 as for a user's recordings. Train and validation utterances come from disjoint random streams.
 """
 import json
+import logging
 import os
 
 import numpy as np
 import soundfile as sf
 
 from audio import SAMPLE_RATE, write_atomically
-from synthetic import add_noise, pitch_shift_clip, render_world_utterance
+from augment import add_noise
+from synthetic import pitch_shift_clip, render_world_utterance
 
+log = logging.getLogger("pitchextractor.demo_data")
 NOISES = ("white", "pink", "babble")
 
 
@@ -21,7 +24,8 @@ def utterance_variants(rng, world_params, babble_clips):
     """(suffix, audio) for one rendered utterance: clean, pitch-shifted, and noisy (0-20 dB SNR)."""
     audio, f0 = render_world_utterance(rng, world_params)
     variants = [("clean", audio)]
-    shifted = pitch_shift_clip(audio, f0, rng, {"semitones": [-5.0, 5.0], "gain_db_range": [-3.0, 3.0]})
+    shifted = pitch_shift_clip(audio, f0, rng, {"semitones": [-5.0, 5.0], "gain_db_range": [-3.0, 3.0],
+                                                   "min_voiced_fraction": 0.0})
     if shifted is not None:
         variants.append(("shift", shifted[0]))
     noise = NOISES[int(rng.integers(len(NOISES)))] if babble_clips else NOISES[int(rng.integers(2))]
@@ -51,7 +55,7 @@ def ensure_demo_corpus(demo_params, world_params, train_list, val_list):
         with open(marker) as f:
             if json.load(f) == wanted:
                 return train_list, val_list
-    print(f"generating the demo corpus in {folder} (first use only) ...", flush=True)
+    log.info("generating the demo corpus in %s (first use only) ...", folder)
     for split, list_path, count, seed in (
             ("train", train_list, demo_params["train_utterances"], demo_params["seed"]),
             ("val", val_list, demo_params["val_utterances"], demo_params["seed"] + 1)):

@@ -3,16 +3,16 @@
     python evaluate.py --reference DIR [--checkpoint CKPT ...] [--backends harvest,swiftf0,...]
                        [--by-condition] [--out DIR] [--save-predictions DIR] [--device auto|cpu|cuda]
 
-DIR is laid out like shared/bench/dev: `manifest.csv` (id,wav,ref; paths relative to DIR) and one
-`time,f0` CSV per clip (s, Hz, 0 = unvoiced). Every system predicts every clip (24 kHz mono, as
-audio.load_audio gives it); its frames are read at the reference's frame times by shared/bench/score.py's
-rule (see align_to_reference), pooled over clips, and scored by metrics.pitch_metrics. The printed table has
+DIR is an evaluation corpus: `manifest.csv` (id,wav,ref; paths relative to DIR) and one `time,f0` CSV
+per clip (s, Hz, 0 = unvoiced). Every system predicts every clip (24 kHz mono, as audio.load_audio gives
+it); its frames are read at the reference's frame times by the benchmark scorer's rule (see
+align_to_reference), pooled over clips, and scored by metrics.pitch_metrics. The printed table has
 one row per system (and with --by-condition one per system and condition, the condition being the id's
 part after its last `_`): RPA, RCA, GPE, VUV_F1, FFE, MED_CENTS and speed, in times real time (audio
 seconds / seconds spent predicting, loading excluded, after one untimed warm-up call per system, on
---threads torch threads: 1 by default, as the bench README's peer table was timed).
+--threads torch threads: 1 by default, as the corpus maintainers' peer table was timed).
 --out DIR writes the rows, with every metric, to results.csv and results.json. --save-predictions DIR
-writes DIR/<system>/<id>.csv in the format score.py reads, so its numbers can be checked independently.
+writes DIR/<system>/<id>.csv (time,f0,voiced), so the numbers can be checked with an independent scorer.
 
 Systems: each --checkpoint (predicted with infer.py's Predictor: F0 in every frame, voicing at the stored
 threshold) and the backends of f0_backends.py, named in BACKEND_SYSTEMS; a backend's F0 is 0 wherever it
@@ -42,7 +42,7 @@ BACKEND_SYSTEMS = {
     "dio": ("pyworld", {"algorithm": "dio", "fallback": None}),
     "torchcrepe_tiny": ("torchcrepe", {"model": "tiny"}),  # viterbi, periodicity >= 0.21 (the defaults)
     "torchcrepe_full": ("torchcrepe", {"model": "full"}),
-    "swiftf0": ("swiftf0", {"confidence_threshold": 0.5}),  # the bench README's peer table setting
+    "swiftf0": ("swiftf0", {"confidence_threshold": 0.5}),  # the setting of the corpus maintainers' peer table
     "praat": ("praat", {"method": "ac"}),
 }
 LABEL_F0_PARAMS = DEFAULTS["dataset_params"]["f0_params"]
@@ -64,7 +64,7 @@ def read_manifest(folder):
     """Rows {id, wav, ref} of folder/manifest.csv, with wav and ref made paths."""
     path = os.path.join(folder, "manifest.csv")
     if not os.path.isfile(path):
-        raise CorpusError(f"{folder}: no manifest.csv; give a folder laid out like shared/bench/dev "
+        raise CorpusError(f"{folder}: no manifest.csv; give an evaluation corpus folder "
                           "(manifest.csv with id,wav,ref and one time,f0 CSV per clip)")
     with open(path, newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
@@ -91,7 +91,7 @@ def condition(clip_id):
 
 
 def align_to_reference(ref_times, times, f0, voiced):
-    """A prediction (frame times, F0, voicing) read at the reference's frame times, by score.py's rule.
+    """A prediction (frame times, F0, voicing) read at the reference's frame times, by the benchmark's rule.
 
     F0: interpolated in log-frequency between the two neighbouring frames when both carry an F0, else the
     nearest frame's (ties to the earlier). Voicing: the nearest frame's. Reference frames more than 20 ms
@@ -239,14 +239,13 @@ def write_results(out, rows, reference, settings):
 @click.option("--by-condition", is_flag=True, help="also one row per condition (id suffix)")
 @click.option("--out", type=click.Path(file_okay=False), help="write results.csv and results.json here")
 @click.option("--save-predictions", type=click.Path(file_okay=False),
-              help="write <system>/<id>.csv per clip here, as shared/bench/score.py reads them")
+              help="write <system>/<id>.csv (time,f0,voiced) per clip here")
 @click.option("--device", default="auto", show_default=True, help="for checkpoints: auto | cpu | cuda | cuda:N")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="torch CPU threads while predicting (the speed column depends on it)")
 def main(reference, checkpoints, backends, by_condition, out, save_predictions, device, threads):
-    """Score checkpoints and F0 backends against a reference corpus with known F0 (laid out like
-    shared/bench/dev: manifest.csv with id,wav,ref and one time,f0 CSV per clip), scored as
-    shared/bench/score.py scores; one row per system, and per condition with --by-condition.
+    """Score checkpoints and F0 backends against a reference corpus with known F0 (manifest.csv with
+    id,wav,ref and one time,f0 CSV per clip); one row per system, and per condition with --by-condition.
     """
     backend_names = parse_backends(backends)
     if not checkpoints and not backend_names:

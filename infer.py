@@ -3,7 +3,6 @@
 Command:
     python infer.py --checkpoint CKPT INPUT... --out DIR [--format csv|npy] [--plot]
                     [--device auto|cpu|cuda[:N]] [--batch-size N] [--chunk-seconds S]
-    python infer.py --checkpoint CKPT --export-host DST      # weights-only file for StarGANv2-VC / StyleTTS
 
 INPUT is an audio file, a folder (searched recursively for the extensions soundfile reads) or a `.txt`
 list file (`filename|anything` per line). Per input file, in DIR:
@@ -30,28 +29,25 @@ frame comes from a window that gives it CONTEXT_SECONDS of input on both sides (
 edge), so the result matches one pass over the whole file (within 1 cent in the tests) at bounded memory.
 """
 import collections
-import contextlib
 import functools
 import itertools
 import os
-import pickle
 import time as timer
 
 import click
 import numpy as np
 import soundfile as sf
-import soxr
 import torch
 from tqdm import tqdm
 
-from audio import AudioError, HOP_LENGTH, SAMPLE_RATE, frame_times, load_audio, num_frames, read_file_list
-from meldataset import PAD_MEL, crop_wave, item_mels
-from model import N_MELS, build_model, export_host_checkpoint, load_checkpoint, resolve_device
+from audio import (AudioError, FRAMES_PER_SECOND, HOP_LENGTH, SAMPLE_RATE, frame_times, load_audio, num_frames,
+                   read_file_list, to_model_rate)
+from devices import resolve_device
+from features import N_MELS, PAD_MEL, item_mels
+from model import (DEFAULT_VUV_THRESHOLD, CheckpointError, build_model, checkpoint_model_params, load_checkpoint,
+                   voiced)
 
 DEFAULT_CHECKPOINT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained", "jdc_lstm.pth")
-HOST_MODEL_PARAMS = {"sequence_model": "lstm"}  # a host {'net': ...} file holds the hosts' JDCNet
-DEFAULT_VUV_THRESHOLD = 0.5
-FRAMES_PER_SECOND = SAMPLE_RATE / HOP_LENGTH
 CHUNK_SECONDS = 30.0
 # Both sequence models see the whole window: the BiLSTM carries state across it and the Transformer
 # attends over it, so a frame needs seconds of context on each side to come out as in one pass.
@@ -66,10 +62,6 @@ AUDIO_EXTENSIONS = frozenset(
     {f".{name.lower()}" for name in sf.available_formats() if name != "RAW"} | {".aif", ".oga", ".opus"})
 CSV_FORMATS = {"time": "%.4f", "f0": "%.3f", "voiced": "%d", "voiced_prob": "%.4f"}
 NPY_DTYPE = np.dtype([("time", "<f8"), ("f0", "<f4"), ("voiced", "u1"), ("voiced_prob", "<f4")])
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used; the message is one line naming the file and the fix."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -87,30 +79,17 @@ def resolve_checkpoint(checkpoint):
                           "pass --checkpoint PATH (one of ours or a host {'net': ...} file)")
 
 
-@contextlib.contextmanager
-def checkpoint_errors(path):
-    """Turn whatever torch.load or model.py raises for a bad file into a one-line CheckpointError."""
-    try:
-        yield
-    except (FileNotFoundError, ValueError) as error:
-        raise CheckpointError(str(error).splitlines()[0]) from None
-    except (RuntimeError, EOFError, pickle.UnpicklingError) as error:
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({reason})") from None
-
-
 def load_model(path):
     """(model in eval mode, voicing threshold) from one of our checkpoints or a host weights-only file."""
-    with checkpoint_errors(path):
-        state = load_checkpoint(path)
-    model_params = (state.get("config") or {}).get("model_params") or HOST_MODEL_PARAMS
+    state = load_checkpoint(path)
+    model_params = checkpoint_model_params(state)
     model = build_model(model_params)
     try:
         model.load_state_dict(state["net"])
     except RuntimeError as error:
         problem = next((line.strip() for line in str(error).splitlines()[1:] if line.strip()), str(error))
-        kind = model_params.get("sequence_model", "transformer")
-        raise CheckpointError(f"{path}: its weights do not fit a {kind} JDCNet ({problem[:200]})") from None
+        raise CheckpointError(f"{path}: its weights do not fit a {model_params['sequence_model']} JDCNet "
+                              f"({problem[:200]})") from None
     return model.eval(), float(state.get("vuv_threshold", DEFAULT_VUV_THRESHOLD))
 
 
@@ -134,30 +113,6 @@ def predict(wave, sr, checkpoint=None):
 # ----------------------------------------------------------------------------------------------
 # Prediction
 # ----------------------------------------------------------------------------------------------
-
-
-def to_model_rate(wave, sr):
-    """A waveform (float in [-1, 1] or integer PCM) as 24 kHz mono float32.
-
-    2-D input is averaged over its channel axis, taken to be the shorter one, so both soundfile's
-    (samples, channels) and torchaudio's (channels, samples) work. Other rates go through soxr, as in
-    audio.load_audio.
-    """
-    if isinstance(wave, torch.Tensor):
-        wave = wave.detach().cpu().numpy()
-    wave = np.asarray(wave)
-    if np.issubdtype(wave.dtype, np.integer):  # PCM: scaled to [-1, 1) as soundfile reads it
-        wave = wave / -np.iinfo(wave.dtype).min
-    wave = wave.astype(np.float32, copy=False)
-    if wave.ndim == 2:
-        wave = wave.mean(axis=int(np.argmin(wave.shape)))
-    if wave.ndim != 1 or wave.size == 0:
-        raise ValueError(f"expected a non-empty mono (N,) or multichannel 2-D waveform, got shape {wave.shape}")
-    if not np.isfinite(wave).all():
-        raise ValueError("the waveform contains NaN or infinite samples")
-    if sr != SAMPLE_RATE:
-        wave = soxr.resample(wave, sr, SAMPLE_RATE, quality="HQ")
-    return np.ascontiguousarray(wave, dtype=np.float32)
 
 
 def chunk_windows(n_frames, window, context):
@@ -201,7 +156,7 @@ class Predictor:
     def predict(self, wave, sr):
         """(time s, F0 Hz, voiced bool, P(voiced)) per model frame for one waveform (any rate, mono or 2-D)."""
         f0, voiced_prob = self.predict_clips([to_model_rate(wave, sr)])[0]
-        return frame_times(f0.size), f0, voiced_prob >= self.vuv_threshold, voiced_prob
+        return frame_times(f0.size), f0, voiced(voiced_prob, self.vuv_threshold), voiced_prob
 
     def predict_clips(self, waves):
         """[(F0 Hz, P(voiced))] float32 arrays per 24 kHz mono clip, on the model grid."""
@@ -287,54 +242,16 @@ def write_npy(path, columns):
     np.save(path, table)
 
 
-SPECTROGRAM_BLOCK_FRAMES = 8000  # 100 s of frames per STFT call keeps plotting hour-long files in memory
-
-
-def low_band_spectrogram(wave, n_bins):
-    """|STFT| in dB of the lowest n_bins bins, on the model grid (window 1200, n_fft 2048, hop 300, as the
-    mels); computed a block of frames at a time, with crop_wave supplying each block's context."""
-    total, blocks = num_frames(len(wave)), []
-    window = torch.hann_window(1200)
-    for start in range(0, total, SPECTROGRAM_BLOCK_FRAMES):
-        frames = min(SPECTROGRAM_BLOCK_FRAMES, total - start)
-        segment, offset = crop_wave(wave, start, frames)
-        spectrum = torch.stft(torch.from_numpy(segment), 2048, HOP_LENGTH, 1200, window, pad_mode="constant",
-                              return_complex=True)
-        blocks.append(spectrum[:n_bins, offset: offset + frames].abs())
-    return 20 * torch.log10(torch.cat(blocks, dim=1) + 1e-6).numpy()
-
-
-def plot_contour(path, wave, columns, vuv_threshold, title):
-    """PNG: the F0 contour (solid where voiced, dotted where not) over the spectrogram, P(voiced) below."""
-    from matplotlib.figure import Figure  # no pyplot: no global backend state, Agg when saving a PNG
-
-    time, f0, voiced = columns["time"], columns["f0"], columns["voiced"].astype(bool)
-    top_hz = float(np.clip(1.5 * (f0[voiced].max() if voiced.any() else 400.0), 500.0, 4000.0))
-    spectrogram = low_band_spectrogram(wave, int(np.ceil(top_hz * 2048 / SAMPLE_RATE)) + 1)
-    end = time[-1] + HOP_LENGTH / SAMPLE_RATE
-    fig = Figure(figsize=(float(np.clip(2 + end, 6, 40)), 5))
-    contour_axes, prob_axes = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [4, 1]})
-    contour_axes.imshow(spectrogram, origin="lower", aspect="auto", cmap="magma",
-                        extent=(0, end, 0, spectrogram.shape[0] * SAMPLE_RATE / 2048),
-                        vmin=spectrogram.max() - 80, vmax=spectrogram.max())
-    contour_axes.plot(time, np.where(voiced, np.nan, f0), ":", color="cyan", lw=0.8, label="F0 (unvoiced)")
-    contour_axes.plot(time, np.where(voiced, f0, np.nan), "-", color="cyan", lw=1.5, label="F0 (voiced)")
-    contour_axes.set(ylim=(0, top_hz), ylabel="Hz", title=title)
-    contour_axes.legend(loc="upper right", fontsize=7)
-    prob_axes.plot(time, columns["voiced_prob"], "k", lw=0.8)
-    prob_axes.axhline(vuv_threshold, color="r", lw=0.6, ls="--")
-    prob_axes.set(ylim=(0, 1), ylabel="P(voiced)", xlabel="s")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-
-
 def write_outputs(out, name, wave, f0, voiced_prob, vuv_threshold, fmt, plot):
-    columns = {"time": frame_times(f0.size), "f0": f0, "voiced": voiced_prob >= vuv_threshold,
+    columns = {"time": frame_times(f0.size), "f0": f0, "voiced": voiced(voiced_prob, vuv_threshold),
                "voiced_prob": voiced_prob}
     base = os.path.join(out, name)
     (write_csv if fmt == "csv" else write_npy)(f"{base}.{fmt}", columns)
     if plot:
-        plot_contour(f"{base}.png", wave, columns, vuv_threshold, name)
+        from plots import f0_figure  # matplotlib only when plotting
+
+        f0_figure([{"title": name, "f0": f0, "prob": voiced_prob, "wave": wave}], vuv_threshold).savefig(
+            f"{base}.png", dpi=100)
 
 
 def run_inference(predictor, paths, out, fmt="csv", plot=False, progress=None):
@@ -389,9 +306,7 @@ def run_inference(predictor, paths, out, fmt="csv", plot=False, progress=None):
               help="windows per forward pass")
 @click.option("--chunk-seconds", type=click.FloatRange(min=2 * CONTEXT_SECONDS, min_open=True),
               default=CHUNK_SECONDS, show_default=True, help="window length for long files")
-@click.option("--export-host", type=click.Path(dir_okay=False),
-              help="write a weights-only host checkpoint (lstm models only) to this file")
-def main(inputs, checkpoint, out, fmt, plot, device, batch_size, chunk_seconds, export_host):
+def main(inputs, checkpoint, out, fmt, plot, device, batch_size, chunk_seconds):
     """F0, voicing and P(voiced) every 12.5 ms for audio files, folders (searched recursively) and .txt
     list files (`filename|anything` per line).
 
@@ -401,14 +316,7 @@ def main(inputs, checkpoint, out, fmt, plot, device, batch_size, chunk_seconds, 
     (spk1__a.wav). Unreadable files are reported one per line and skipped; the exit status is then 1.
     """
     try:
-        if export_host:
-            source = resolve_checkpoint(checkpoint)
-            with checkpoint_errors(source):
-                export_host_checkpoint(source, export_host)
-            click.echo(f"wrote {export_host}")
         if not inputs:
-            if export_host:
-                return
             raise click.UsageError("give at least one INPUT (audio file, folder or .txt list)")
         if not out:
             raise click.UsageError("--out DIR is required to write predictions")

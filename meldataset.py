@@ -1,65 +1,14 @@
-"""Audio -> training items: the hosts' mel features, the dataset over list files, the loader."""
-import functools
-import math
+"""Audio files and their labels -> training items and batches: the dataset, its sampler, the collate, the loader."""
 import multiprocessing
 
 import numpy as np
 import torch
-import torchaudio
 
-from audio import HOP_LENGTH, load_audio, num_frames
-from f0_backends import cached_f0, uses_cuda
-from synthetic import build_augmenter, draw_synthetic_kind, pitch_shift_clip, render_world_utterance
-
-MEL_MEAN, MEL_STD = -4.0, 4.0
-N_FFT = 2048
-MIN_SAMPLES = N_FFT // 2 + 1  # torch's reflect padding of n_fft // 2 needs a longer input
-
-
-@functools.lru_cache(maxsize=None)
-def _mel_transform():
-    # Exactly the hosts' call: every other argument at torchaudio's default (sample_rate=16000!),
-    # so the filterbank is laid out for 16 kHz although the audio is 24 kHz. See CONTRACT.md.
-    return torchaudio.transforms.MelSpectrogram(n_mels=80, n_fft=N_FFT, win_length=1200, hop_length=HOP_LENGTH)
-
-
-def mel_spectrogram(wave):
-    """24 kHz waveform (..., N) -> normalised log-mel (..., 80, 1 + N // 300), as the hosts compute it.
-
-    Inputs shorter than 1,025 samples (too short for the hosts' reflect padding) are zero-padded to
-    that length and the result cut back to 1 + N // 300 frames, so every frame count rule holds.
-    """
-    wave = torch.as_tensor(wave, dtype=torch.float32)
-    n = wave.shape[-1]
-    if n == 0:
-        raise ValueError("mel_spectrogram: empty waveform; give at least one sample")
-    if n < MIN_SAMPLES:
-        wave = torch.nn.functional.pad(wave, (0, MIN_SAMPLES - n))
-    mel = _mel_transform()(wave)[..., : num_frames(n)]
-    return (torch.log(1e-5 + mel) - MEL_MEAN) / MEL_STD
-
-
-# ---------------------------------------------------------------------------------------------
-# Dataset over list files
-# ---------------------------------------------------------------------------------------------
-PAD_MEL = (math.log(1e-5) - MEL_MEAN) / MEL_STD  # the normalised log-mel of digital silence
-CONTEXT_FRAMES = 4  # 4 * 300 samples >= n_fft // 2: a crop's mels equal the whole clip's mels
-
-
-def crop_wave(wave, start_frame, frames):
-    """Samples needed for mel frames [start_frame, start_frame + frames) and the offset into them."""
-    context = min(start_frame, CONTEXT_FRAMES)
-    first = (start_frame - context) * HOP_LENGTH
-    last = (start_frame + frames - 1 + CONTEXT_FRAMES) * HOP_LENGTH + 1
-    return wave[first:last], context
-
-
-def item_mels(wave, start_frame=0, frames=None):
-    """Normalised log-mel frames [start_frame, start_frame + frames) of a whole clip's mel."""
-    total = num_frames(len(wave))
-    frames = total - start_frame if frames is None else frames
-    segment, offset = crop_wave(wave, start_frame, frames)
-    return mel_spectrogram(segment)[:, offset: offset + frames]
+from augment import build_augmenter
+from f0_labels import cached_f0, label_settings
+from features import N_MELS, PAD_MEL, crop_wave, item_mels
+from audio import load_audio
+from synthetic import draw_synthetic_kind, pitch_shift_clip, render_world_utterance
 
 
 class SeededSampler(torch.utils.data.Sampler):
@@ -98,13 +47,13 @@ class MelDataset(torch.utils.data.Dataset):
         if not self.paths:
             raise ValueError("MelDataset: no usable audio files; check train_data / val_data lists")
         self.params = dataset_params
-        self.f0_params = dataset_params.get("f0_params", {})
+        self.labels = label_settings(dataset_params["f0_params"])
         self.train = train
-        self.max_frames = dataset_params.get("max_mel_length", 192) if train else None
-        synth = dataset_params.get("synthetic_data") or {}
-        self.synth = synth if synth.get("enabled") and (train or synth.get("apply_to_validation")) else None
-        aug = dataset_params.get("augmentation") or {}
-        self.augment = build_augmenter(aug, self._random_clip) if aug.get("enabled") and train else None
+        self.max_frames = dataset_params["max_mel_length"] if train else None
+        synth = dataset_params["synthetic_data"]
+        self.synth = synth if synth["enabled"] and (train or synth["apply_to_validation"]) else None
+        aug = dataset_params["augmentation"]
+        self.augment = build_augmenter(aug, self._random_clip) if aug["enabled"] and train else None
 
     def __len__(self):
         return len(self.paths)
@@ -112,7 +61,7 @@ class MelDataset(torch.utils.data.Dataset):
     def load(self, index):
         path = self.paths[index]
         wave = load_audio(path)
-        return wave, cached_f0(path, self.f0_params, audio=wave)
+        return wave, cached_f0(path, self.labels, audio=wave)
 
     def _random_clip(self, rng):
         """A random training clip (babble noise source)."""
@@ -125,7 +74,7 @@ class MelDataset(torch.utils.data.Dataset):
                 shifted = pitch_shift_clip(*self.load(rng.integers(len(self.paths))), rng, self.synth["pitch_shift"])
                 if shifted is not None:
                     return shifted
-            kind = "world" if self.synth.get("world", {}).get("enabled") else None
+            kind = "world" if self.synth["world"]["enabled"] else None
         if kind == "world":
             return render_world_utterance(rng, self.synth["world"])
         return None
@@ -153,7 +102,7 @@ def collate(items):
     """
     lengths = torch.tensor([len(f0) for _, f0, _ in items])
     batch, frames = len(items), int(lengths.max())
-    mel = torch.full((batch, 1, 80, frames), PAD_MEL)
+    mel = torch.full((batch, 1, N_MELS, frames), PAD_MEL)
     f0 = torch.zeros(batch, frames)
     voiced = torch.zeros(batch, frames, dtype=torch.bool)
     for i, (m, f, v) in enumerate(items):
@@ -162,28 +111,27 @@ def collate(items):
     return {"mel": mel, "f0": f0, "voiced": voiced, "valid": valid}
 
 
-def loader_start_method(loader_params, f0_params, num_workers):
+def loader_start_method(loader_params, labels, num_workers):
     """The configured start method, else `spawn` when a CUDA F0 backend may run in workers."""
-    if loader_params.get("start_method"):
+    if loader_params["start_method"]:
         return loader_params["start_method"]
-    if num_workers > 0 and uses_cuda(f0_params):
+    if num_workers > 0 and labels.uses_cuda:
         return "spawn"  # CUDA cannot be re-initialised in a forked worker
     return None
 
 
-def build_dataloader(dataset, batch_size, num_workers, seed, device="cpu", loader_params=None, shuffle=None):
+def build_dataloader(dataset, batch_size, num_workers, seed, device, loader_params, shuffle=None):
     """DataLoader honouring `dataset_params.dataloader`; `loader.sampler.set_epoch(e)` each epoch."""
-    loader_params = loader_params or {}
     shuffle = dataset.train if shuffle is None else shuffle
-    method = loader_start_method(loader_params, dataset.f0_params, num_workers)
+    method = loader_start_method(loader_params, dataset.labels, num_workers)
     workers = {}
     if num_workers > 0:
-        persistent = loader_params.get("persistent_workers")
+        persistent = loader_params["persistent_workers"]
         workers = {"persistent_workers": True if persistent is None else bool(persistent),
                    "multiprocessing_context": multiprocessing.get_context(method) if method else None}
-        if loader_params.get("prefetch_factor") is not None:
+        if loader_params["prefetch_factor"] is not None:
             workers["prefetch_factor"] = int(loader_params["prefetch_factor"])
-    pin = loader_params.get("pin_memory")
+    pin = loader_params["pin_memory"]
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, sampler=SeededSampler(len(dataset), shuffle, seed),
         num_workers=num_workers, collate_fn=collate, drop_last=dataset.train and len(dataset) >= batch_size,

@@ -1,6 +1,6 @@
 """F0 and voicing metrics — the one implementation that validation, evaluate.py and the benchmarks share.
 
-Definitions are those of the project's benchmark scorer (shared/bench/score.py), so validation numbers
+Definitions are those of the project's evaluation benchmark (README, "Accuracy"), so validation numbers
 compare with benchmark numbers. Inputs are 1-D arrays pooled frame by frame (callers concatenate the valid
 frames of all clips). An estimated F0 that is ≤ 0 or not finite is "no estimate", as in the benchmark.
 

@@ -6,20 +6,43 @@ and predicts the same F0 there. `sequence_model: transformer` swaps both BiLSTMs
 encoders with a convolutional (relative) position encoding, so any length works.
 
 forward(x): (B, 1, n_mels, T) -> (f0_hz, voiced_logit), each (B, T); sigmoid(voiced_logit) = P(voiced).
+
+Export a weights-only host file:  python model.py SRC DST
 """
-import argparse
+import copy
 import io
 import os
-import sys
 
+import click
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from audio import write_atomically
+from config_defaults import DEFAULTS
+from features import N_MELS
 
-N_MELS = 80
+SEQUENCE_MODELS = ("transformer", "lstm")
+# The voicing threshold of a checkpoint that carries no calibrated one (a host file, a fresh model).
+DEFAULT_VUV_THRESHOLD = 0.5
+
+
+def voiced(prob, threshold):
+    """The voicing decision from P(voiced): the one rule validation, plots and inference share."""
+    return prob >= threshold
+
+
+def model_config(model_params=None):
+    """Complete model_params: the given keys (nested ones too) over the config defaults."""
+    merged = copy.deepcopy(DEFAULTS["model_params"])
+    for key, value in (model_params or {}).items():
+        merged[key] = {**merged[key], **value} if isinstance(merged.get(key), dict) else value
+    return merged
+
+
+# A host {'net': ...} file holds the hosts' JDCNet: our lstm model with its default sizes.
+HOST_MODEL_PARAMS = model_config({"sequence_model": "lstm"})
 
 
 class ResBlock(nn.Module):
@@ -71,33 +94,34 @@ class TransformerSequence(nn.Module):
 
 
 def _sequence_model(model_params):
-    kind = model_params.get("sequence_model", "transformer")
+    kind = model_params["sequence_model"]
     if kind == "lstm":
-        p = model_params.get("lstm", {})
-        layers, hidden = p.get("num_layers", 1), p.get("hidden_size", 256)
+        p = model_params["lstm"]
+        layers, hidden = p["num_layers"], p["hidden_size"]
         # A bare nn.LSTM keeps the hosts' keys (`bilstm_classifier.weight_ih_l0`, ...).
         return lambda: nn.LSTM(512, hidden, num_layers=layers, batch_first=True, bidirectional=True,
-                               dropout=p.get("dropout", 0.0) if layers > 1 else 0.0), 2 * hidden
+                               dropout=p["dropout"] if layers > 1 else 0.0), 2 * hidden
     if kind == "transformer":
-        p = model_params.get("transformer", {})
-        return lambda: TransformerSequence(
-            512, p.get("d_model", 256), p.get("num_layers", 4), p.get("num_heads", 4),
-            p.get("ff_dim", 1024), p.get("dropout", 0.1), p.get("pos_kernel_size", 31)), 512
-    raise ValueError(f"model_params.sequence_model must be 'transformer' or 'lstm', got {kind!r}")
+        p = model_params["transformer"]
+        if p["d_model"] % p["num_heads"]:
+            raise ValueError(f"model_params.transformer.num_heads ({p['num_heads']}) must divide d_model "
+                             f"({p['d_model']})")
+        return lambda: TransformerSequence(512, p["d_model"], p["num_layers"], p["num_heads"], p["ff_dim"],
+                                           p["dropout"], p["pos_kernel_size"]), 512
+    raise ValueError(f"model_params.sequence_model must be one of {', '.join(SEQUENCE_MODELS)}, got {kind!r}")
 
 
 class JDCNet(nn.Module):
     """Joint detection (voicing) and classification (F0) network on normalised log-mels."""
 
-    def __init__(self, model_params=None):
+    def __init__(self, model_params):
+        """`model_params`: complete (see model_config)."""
         super().__init__()
-        model_params = dict(model_params or {})
-        slope = model_params.get("leaky_relu_slope", 0.01)
-        dropout = model_params.get("cnn_dropout", 0.5)
-        num_class = model_params.get("num_class", 1)
-        if num_class != 1:
-            raise ValueError(f"model_params.num_class must be 1 (F0 regression, as the hosts build it), got {num_class}")
-        self.sequence_model = model_params.get("sequence_model", "transformer")
+        slope, dropout = model_params["leaky_relu_slope"], model_params["cnn_dropout"]
+        if model_params["num_class"] != 1:
+            raise ValueError("model_params.num_class must be 1 (F0 regression, as the hosts build it), "
+                             f"got {model_params['num_class']}")
+        self.sequence_model = model_params["sequence_model"]
         self.gradient_checkpointing = False
         self.checkpoint_use_reentrant = False
 
@@ -122,7 +146,7 @@ class JDCNet(nn.Module):
         self.classifier = nn.Linear(width, 1)
         self.detector = nn.Linear(width, 2)
         # Start the F0 head at a speech-like pitch: from 0 Hz the regression needs far more steps.
-        nn.init.constant_(self.classifier.bias, float(model_params.get("f0_init_hz", 150.0)))
+        nn.init.constant_(self.classifier.bias, float(model_params["f0_init_hz"]))
 
     def set_gradient_checkpointing(self, enabled, use_reentrant=False):
         self.gradient_checkpointing = bool(enabled)
@@ -173,37 +197,45 @@ class JDCNet(nn.Module):
         return torch.abs(f0), voiced_logit  # abs() as the hosts apply it
 
 
-def build_model(model_params):
-    return JDCNet(model_params)
-
-
-def resolve_device(name):
-    """'auto' -> cuda when available, else cpu; a CUDA device on a machine without one is a ValueError."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} but this machine has no CUDA GPU; use cpu or auto")
-    return device
+def build_model(model_params=None):
+    """JDCNet from model_params; keys left out take the config defaults."""
+    return JDCNet(model_config(model_params))
 
 
 def host_state_dict_shapes():
     """Keys and shapes of the hosts' JDCNet(num_class=1) state dict (= our lstm model's)."""
-    return {k: tuple(v.shape) for k, v in build_model({"sequence_model": "lstm"}).state_dict().items()}
+    return {k: tuple(v.shape) for k, v in JDCNet(HOST_MODEL_PARAMS).state_dict().items()}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message is one line naming the file and the fix."""
 
 
 def load_checkpoint(path):
-    """Load one of our checkpoints or a host `{'net': ...}` file with plain-typed contents only."""
+    """Load one of our checkpoints or a host `{'net': ...}` file with plain-typed contents only.
+
+    Anything that is not such a file (missing, a folder, empty, truncated, text, another pickle) is a
+    one-line CheckpointError.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        what = "is a folder, not a checkpoint file" if os.path.isdir(path) else "checkpoint not found"
+        raise CheckpointError(f"{path}: {what}; check the path")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"{path}: empty file (0 bytes), not a checkpoint; use another file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: checkpoint not found; check the path") from None
+    except Exception as error:  # torch.load raises many types for a damaged file; all mean "unreadable"
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({reason})") from None
     if not isinstance(state, dict) or "net" not in state:
-        raise ValueError(f"{path}: not a PitchExtractor/host checkpoint (no 'net' key)")
+        raise CheckpointError(f"{path}: not a PitchExtractor/host checkpoint (no 'net' key)")
     return state
+
+
+def checkpoint_model_params(state):
+    """The model_params a checkpoint was built with: its own, or the hosts' for a host weights-only file."""
+    return model_config(state.get("model_params") or HOST_MODEL_PARAMS)
 
 
 def export_host_checkpoint(src, dst):
@@ -211,9 +243,8 @@ def export_host_checkpoint(src, dst):
     state = load_checkpoint(src)
     net = state["net"]
     shapes = {k: tuple(v.shape) for k, v in net.items()}
-    expected = host_state_dict_shapes()
-    if shapes != expected:
-        kind = (state.get("config") or {}).get("model_params", {}).get("sequence_model", "unknown")
+    if shapes != host_state_dict_shapes():
+        kind = checkpoint_model_params(state)["sequence_model"]
         raise ValueError(
             f"{src}: this {kind} model does not have the hosts' JDCNet layout; only "
             f"`model_params.sequence_model: lstm` with lstm hidden_size 256, num_layers 1 can be exported")
@@ -231,16 +262,17 @@ def save_checkpoint(obj, path):
     write_atomically(path, buffer.getvalue())
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description="Export a host-loadable weights-only JDC checkpoint.")
-    parser.add_argument("src", help="one of our checkpoints (last.pth, best.pth, ...)")
-    parser.add_argument("dst", help="output file for StarGANv2-VC / StyleTTS (F0_path)")
-    args = parser.parse_args(argv)
+@click.command()
+@click.argument("src", type=click.Path(dir_okay=False))
+@click.argument("dst", type=click.Path(dir_okay=False))
+def main(src, dst):
+    """Export SRC (one of our checkpoints: last.pth, best.pth, ...) as a weights-only host file DST for
+    StarGANv2-VC / StyleTTS (their F0_path): {'net': ..., 'vuv_threshold': ...}."""
     try:
-        export_host_checkpoint(args.src, args.dst)
-    except (ValueError, FileNotFoundError) as err:
-        sys.exit(f"error: {err}")
-    print(f"wrote {args.dst}")
+        export_host_checkpoint(src, dst)
+    except (ValueError, OSError) as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(f"wrote {dst}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Training data whose F0 is known by construction, and label-preserving audio augmentation.
+"""Training data whose F0 is known by construction: WORLD renders and pitch-shifted real clips.
 
 Everything here works on the repo's frame grid: 24 kHz mono float32 audio, hop 300 samples
 (12.5 ms), a clip of N samples has 1 + N // 300 frames, frame i is centred at sample 300 * i.
@@ -9,48 +9,23 @@ Public surface (used by meldataset.py):
   draw_synthetic_kind(rng, synth_params)            -> 'world' | 'pitch_shift' | None
   render_world_utterance(rng, world_params)         -> (audio, f0): speech-like WORLD rendering
   pitch_shift_clip(audio, f0, rng, shift_params)    -> (audio, f0) or None
-  build_augmenter(aug_params, babble_source=None)   -> augment(audio, rng) -> audio
-plus the single augmentation steps (add_noise, apply_reverb, band_limit, apply_gain).
+Label-preserving augmentation (noise, reverb, band-limiting, gain) is augment.py's.
 """
-
-import contextlib
-import random
 
 import numpy as np
 from scipy.interpolate import PchipInterpolator
-from scipy.signal import fftconvolve
 
-from audio import HOP_LENGTH, SAMPLE_RATE, num_frames  # the repo's one frame grid
-
-FRAME_MS = 1000.0 * HOP_LENGTH / SAMPLE_RATE
+from audio import FRAME_PERIOD_MS, HOP_LENGTH, SAMPLE_RATE, num_frames  # the repo's one frame grid
+from augment import db_to_amplitude, peak_limit, uniform
 
 # ---------------------------------------------------------------------------------------------
 # Small helpers
 # ---------------------------------------------------------------------------------------------
 
 
-def _uniform(rng, bounds):
-    lo, hi = float(bounds[0]), float(bounds[1])
-    return lo if hi <= lo else float(rng.uniform(lo, hi))
-
-
 def _log_uniform(rng, bounds):
     lo, hi = float(bounds[0]), float(bounds[1])
     return lo if hi <= lo else float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
-
-
-def _db_to_amplitude(db):
-    return 10.0 ** (db / 20.0)
-
-
-def _rms(x):
-    return float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if len(x) else 0.0
-
-
-def _peak_limit(audio, limit=0.999):
-    """Scale down (never up) so that |audio| <= limit: no clipping beyond [-1, 1]."""
-    peak = float(np.max(np.abs(audio))) if len(audio) else 0.0
-    return audio * (limit / peak) if peak > limit else audio
 
 
 # ---------------------------------------------------------------------------------------------
@@ -66,15 +41,15 @@ def draw_synthetic_kind(rng, synth_params):
     synthetic data is disabled or no kind is enabled with a positive weight. Whether the split
     should use synthetic data at all (`apply_to_validation`) is the caller's decision.
     """
-    if not synth_params or not synth_params.get("enabled", False):
+    if not synth_params["enabled"]:
         return None
     kinds = [
-        (name, float(synth_params[name].get("weight", 1.0)))
+        (name, float(synth_params[name]["weight"]))
         for name in ("world", "pitch_shift")
-        if isinstance(synth_params.get(name), dict) and synth_params[name].get("enabled", False)
+        if synth_params[name]["enabled"]
     ]
     kinds = [(name, weight) for name, weight in kinds if weight > 0]
-    if not kinds or rng.random() >= float(synth_params.get("proportion", 0.0)):
+    if not kinds or rng.random() >= float(synth_params["proportion"]):
         return None
     weights = np.array([weight for _, weight in kinds])
     return kinds[int(rng.choice(len(kinds), p=weights / weights.sum()))][0]
@@ -97,14 +72,14 @@ def pitch_shift_clip(audio, f0, rng, shift_params):
 
     f0 = np.asarray(f0, dtype=np.float32)
     voiced = f0 > 0
-    if len(f0) == 0 or voiced.mean() < float(shift_params.get("min_voiced_fraction", 0.0)):
+    if len(f0) == 0 or voiced.mean() < float(shift_params["min_voiced_fraction"]):
         return None
-    semitones = _uniform(rng, shift_params.get("semitones", [0.0, 0.0]))
-    gain_db = _uniform(rng, shift_params.get("gain_db_range", [0.0, 0.0]))
+    semitones = uniform(rng, shift_params["semitones"])
+    gain_db = uniform(rng, shift_params["gain_db_range"])
     audio = np.asarray(audio, dtype=np.float32)
     shifted = librosa.effects.pitch_shift(audio, sr=SAMPLE_RATE, n_steps=semitones)
     shifted = librosa.util.fix_length(shifted, size=len(audio))  # pitch_shift keeps it; be sure
-    shifted = _peak_limit(shifted * _db_to_amplitude(gain_db))
+    shifted = peak_limit(shifted * db_to_amplitude(gain_db))
     new_f0 = np.where(voiced, f0 * np.float32(2.0 ** (semitones / 12.0)), np.float32(0.0))
     return shifted.astype(np.float32), new_f0.astype(np.float32)
 
@@ -185,27 +160,27 @@ def _add_syllable(plan, rng, scale):
 
     def voiceless_fricative():
         if rng.random() < 0.2:  # /h/: noise shaped by the surrounding vowel's formants
-            plan.add(ASPIR, int(rng.integers(3, 8)), _uniform(rng, (-26, -16)))
+            plan.add(ASPIR, int(rng.integers(3, 8)), uniform(rng, (-26, -16)))
             return
         peak, rise, fall, level = _FRICATIVES[rng.integers(len(_FRICATIVES))]
         n = int(rng.integers(5, 13))
-        plan.add(FRIC, n, _uniform(rng, level), fric=(_uniform(rng, peak) * scale, rise, fall), locus=place()[0])
+        plan.add(FRIC, n, uniform(rng, level), fric=(uniform(rng, peak) * scale, rise, fall), locus=place()[0])
 
     def voiceless_stop():
         locus, burst = place()
         plan.add(SIL, int(rng.integers(3, 8)), -np.inf, locus=locus)  # closure (floor set later)
-        plan.add(BURST, 1, _uniform(rng, (-16, -6)), fric=(_uniform(rng, burst) * scale, 3.0, 4.0))
+        plan.add(BURST, 1, uniform(rng, (-16, -6)), fric=(uniform(rng, burst) * scale, 3.0, 4.0))
         if rng.random() < 0.7:
-            plan.add(ASPIR, int(rng.integers(1, 5)), _uniform(rng, (-24, -14)))
+            plan.add(ASPIR, int(rng.integers(1, 5)), uniform(rng, (-24, -14)))
 
     def sonorant():
         code, locus = _SONORANTS[rng.integers(len(_SONORANTS))]
-        plan.add(code, int(rng.integers(3, 8)), _uniform(rng, (-12, -4)), locus=locus)
+        plan.add(code, int(rng.integers(3, 8)), uniform(rng, (-12, -4)), locus=locus)
 
     def voiced_fricative():
         peak, rise, fall, _ = _FRICATIVES[rng.integers(2)]
-        plan.add(VFRIC, int(rng.integers(3, 8)), _uniform(rng, (-22, -14)),
-                 fric=(_uniform(rng, peak) * scale, rise, fall), fric_level_db=_uniform(rng, (-26, -14)),
+        plan.add(VFRIC, int(rng.integers(3, 8)), uniform(rng, (-22, -14)),
+                 fric=(uniform(rng, peak) * scale, rise, fall), fric_level_db=uniform(rng, (-26, -14)),
                  locus=place()[0])
 
     onset = rng.choice(6, p=[0.22, 0.18, 0.16, 0.10, 0.24, 0.10])
@@ -214,7 +189,7 @@ def _add_syllable(plan, rng, scale):
     elif onset == 2:
         voiceless_stop()
     elif onset == 3:  # voiced stop: voice bar during the closure
-        plan.add(VBAR, int(rng.integers(2, 6)), _uniform(rng, (-26, -16)), locus=place()[0])
+        plan.add(VBAR, int(rng.integers(2, 6)), uniform(rng, (-26, -16)), locus=place()[0])
     elif onset == 4:
         sonorant()
     elif onset == 5:
@@ -222,7 +197,7 @@ def _add_syllable(plan, rng, scale):
 
     stressed = rng.random() < 0.5
     n = int(rng.integers(8, 23)) if stressed else int(rng.integers(5, 11))
-    level = _uniform(rng, (-3, 0)) if stressed else _uniform(rng, (-9, -3))
+    level = uniform(rng, (-3, 0)) if stressed else uniform(rng, (-9, -3))
     start = plan.add(VOWEL, n, level)
     first = _VOWELS[rng.integers(len(_VOWELS))]
     if rng.random() < 0.25:  # diphthong: glide to a second target
@@ -241,7 +216,7 @@ def _add_syllable(plan, rng, scale):
         locus, burst = place()
         plan.add(SIL, int(rng.integers(2, 6)), -np.inf, locus=locus)
         if rng.random() < 0.5:
-            plan.add(BURST, 1, _uniform(rng, (-20, -10)), fric=(_uniform(rng, burst) * scale, 3.0, 4.0))
+            plan.add(BURST, 1, uniform(rng, (-20, -10)), fric=(uniform(rng, burst) * scale, 3.0, 4.0))
     elif coda == 4:
         voiced_fricative()
 
@@ -352,11 +327,11 @@ def _spectra(plan, speaker, voiced, level_db, breath_db, damping):
 
 def _f0_contour(rng, n_fine, base, world_params, plan, voiced):
     """Continuous F0 (Hz) on the WORLD grid around `base`: intonation drift, vibrato, jitter."""
-    modulation = world_params.get("modulation", {}) or {}
-    dt = FRAME_MS / _SUB / 1000.0
+    modulation = world_params["modulation"]
+    dt = FRAME_PERIOD_MS / _SUB / 1000.0
     t = np.arange(n_fine) * dt
     total = max(t[-1], dt)
-    drift_max = float(modulation.get("drift_cents", 300.0))
+    drift_max = float(modulation["drift_cents"])
     drift_span = drift_max * rng.uniform(0.3, 1.0)
     knots = [0.0]
     while knots[-1] < total:
@@ -365,18 +340,18 @@ def _f0_contour(rng, n_fine, base, world_params, plan, voiced):
     declination = rng.uniform(0.0, 0.5) * drift_span
     values = rng.uniform(-0.5, 0.5, len(knots)) * drift_span + declination * (0.5 - knots / knots[-1])
     cents = PchipInterpolator(knots, np.clip(values, -drift_max / 2, drift_max / 2))(t)
-    rate = _uniform(rng, modulation.get("vibrato_rate_hz", [4.0, 7.0]))
-    depth = _uniform(rng, modulation.get("vibrato_depth_cents", [0.0, 60.0]))
+    rate = uniform(rng, modulation["vibrato_rate_hz"])
+    depth = uniform(rng, modulation["vibrato_depth_cents"])
     depth_envelope = PchipInterpolator(knots, rng.uniform(0.3, 1.0, len(knots)))(t)
     cents += depth * depth_envelope * np.sin(2 * np.pi * rate * t + rng.uniform(0, 2 * np.pi))
-    jitter = rng.uniform(0.0, 1.0) * float(modulation.get("jitter_cents", 5.0))
+    jitter = rng.uniform(0.0, 1.0) * float(modulation["jitter_cents"])
     coarse = rng.normal(0.0, 1.0, len(voiced)) * jitter
     cents += np.interp(np.arange(n_fine) / _SUB, np.arange(len(voiced)), coarse)
     # micro-prosody: F0 starts a little higher right after a voiceless obstruent
     code = np.asarray(plan.code)
     for start, _ in _voiced_runs(voiced):
         if start > 0 and code[start - 1] in (FRIC, BURST, ASPIR):
-            onset = start * FRAME_MS / 1000.0
+            onset = start * FRAME_PERIOD_MS / 1000.0
             after = np.clip(t - onset, 0.0, None)
             cents += rng.uniform(10.0, 80.0) * np.exp(-after / 0.04) * (t >= onset - 0.00625)
     return np.clip(base * 2.0 ** (cents / 1200.0), *_F0_LIMITS)
@@ -415,13 +390,13 @@ def _levels(rng, plan, voiced, speaker):
         n = stop - start
         if start == 0 or code[start - 1] in (SIL, FRIC, ASPIR, BURST):
             ramp = int(min(rng.integers(1, 5), max(1, n // 3)))
-            level[start:start + ramp] += np.linspace(-_uniform(rng, (4, 12)), 0.0, ramp + 1)[:-1]
-            damping[start:start + ramp] = np.linspace(_uniform(rng, (1, 2)), 1.0, ramp + 1)[:-1]
+            level[start:start + ramp] += np.linspace(-uniform(rng, (4, 12)), 0.0, ramp + 1)[:-1]
+            damping[start:start + ramp] = np.linspace(uniform(rng, (1, 2)), 1.0, ramp + 1)[:-1]
         if stop == len(level) or code[stop] in (SIL, FRIC, ASPIR, BURST):
             ramp = int(min(rng.integers(2, 6), max(1, n // 3)))
-            level[stop - ramp:stop] += np.linspace(0.0, -_uniform(rng, (6, 15)), ramp + 1)[1:]
-            breath[stop - ramp:stop] += np.linspace(0.0, _uniform(rng, (0, 10)), ramp + 1)[1:]
-            damping[stop - ramp:stop] = np.linspace(1.0, _uniform(rng, (2, 3)), ramp + 1)[1:]
+            level[stop - ramp:stop] += np.linspace(0.0, -uniform(rng, (6, 15)), ramp + 1)[1:]
+            breath[stop - ramp:stop] += np.linspace(0.0, uniform(rng, (0, 10)), ramp + 1)[1:]
+            damping[stop - ramp:stop] = np.linspace(1.0, uniform(rng, (2, 3)), ramp + 1)[1:]
     level[code == SIL] = speaker["floor_db"]
     return level, np.minimum(breath, -8.0), damping
 
@@ -454,9 +429,9 @@ def render_world_utterance(rng, world_params):
     """
     import pyworld
 
-    n_samples = max(HOP_LENGTH, int(round(_uniform(rng, world_params.get("duration", [1.0, 3.0])) * SAMPLE_RATE)))
+    n_samples = max(HOP_LENGTH, int(round(uniform(rng, world_params["duration"]) * SAMPLE_RATE)))
     n_frames = num_frames(n_samples)
-    base_f0 = _log_uniform(rng, world_params.get("pitch_range", [70.0, 450.0]))
+    base_f0 = _log_uniform(rng, world_params["pitch_range"])
     speaker = _speaker(rng, base_f0)
     plan = _plan_utterance(rng, n_frames + 1, speaker["scale"])  # +1: WORLD needs the next frame
     code = np.asarray(plan.code)
@@ -468,167 +443,8 @@ def render_world_utterance(rng, world_params):
     voiced_fine = voiced[(np.arange(len(f0_fine)) + _SUB // 2) // _SUB]
     audio = pyworld.synthesize(np.where(voiced_fine, f0_fine, 0.0), _to_world_grid(sp, voiced, code),
                                np.clip(_to_world_grid(ap, voiced, code), 1e-6, 1.0),
-                               SAMPLE_RATE, FRAME_MS / _SUB)[:n_samples]
+                               SAMPLE_RATE, FRAME_PERIOD_MS / _SUB)[:n_samples]
     peak = float(np.max(np.abs(audio))) or 1.0
-    audio = audio * (_db_to_amplitude(_uniform(rng, world_params.get("gain_db_range", [-12.0, 0.0]))) / peak)
+    audio = audio * (db_to_amplitude(uniform(rng, world_params["gain_db_range"])) / peak)
     f0 = np.where(voiced[:n_frames], f0_fine[::_SUB][:n_frames], 0.0)
     return audio.astype(np.float32), f0.astype(np.float32)
-
-
-# ---------------------------------------------------------------------------------------------
-# Augmentation (labels unchanged)
-# ---------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _global_random_from(rng):
-    """Seed Python's and numpy's global generators (used inside audiomentations) from rng, and
-    restore their previous states afterwards, so the result depends on rng alone."""
-    python_state, numpy_state = random.getstate(), np.random.get_state()
-    seed = int(rng.integers(2**32))
-    random.seed(seed)
-    np.random.seed(seed)
-    try:
-        yield
-    finally:
-        random.setstate(python_state)
-        np.random.set_state(numpy_state)
-
-
-_NOISE_DECAY_DB_PER_OCTAVE = {"white": 0.0, "pink": -3.01}
-
-
-def _babble(rng, n_samples, babble_source):
-    """Unit-RMS sum of 2-4 clips from babble_source (a list of arrays or a callable(rng) -> array),
-    each looped or cropped to n_samples at a random offset."""
-    mix = np.zeros(n_samples)
-    for _ in range(int(rng.integers(2, 5))):
-        if callable(babble_source):
-            clip = np.asarray(babble_source(rng), dtype=np.float64).reshape(-1)
-        else:
-            clip = np.asarray(babble_source[int(rng.integers(len(babble_source)))], dtype=np.float64).reshape(-1)
-        if len(clip) == 0 or _rms(clip) == 0.0:
-            continue
-        start = int(rng.integers(len(clip)))
-        clip = np.resize(np.roll(clip, -start), n_samples)  # loops short clips
-        mix += clip / _rms(clip)
-    rms = _rms(mix)
-    return mix / rms if rms > 0 else mix
-
-
-def add_noise(audio, rng, snr_db, color="white", babble_source=None):
-    """Add white, pink (audiomentations AddColorNoise) or babble noise at `snr_db` dB relative to
-    the RMS of the whole clip. Same length and float32; not yet peak-limited."""
-    audio = np.asarray(audio, dtype=np.float32)
-    if color == "babble":
-        if babble_source is None:
-            raise ValueError("babble noise needs a babble_source (clips or callable(rng) -> clip)")
-        noise = _babble(rng, len(audio), babble_source)
-        return (audio + noise * (_rms(audio) / _db_to_amplitude(snr_db))).astype(np.float32)
-    from audiomentations import AddColorNoise
-
-    decay = _NOISE_DECAY_DB_PER_OCTAVE[color]
-    transform = AddColorNoise(min_snr_db=snr_db, max_snr_db=snr_db, min_f_decay=decay,
-                              max_f_decay=decay, p=1.0)
-    with _global_random_from(rng):
-        return transform(audio, SAMPLE_RATE).astype(np.float32)
-
-
-def synthetic_rir(rng, rt60, drr_db):
-    """Room impulse response: direct path at sample 0, sparse early reflections and an
-    exponentially decaying (60 dB over rt60 s) noise tail with direct-to-reverberant ratio drr_db."""
-    n = max(int(rt60 * SAMPLE_RATE), 64)
-    t = np.arange(n) / SAMPLE_RATE
-    tail = rng.standard_normal(n) * np.exp(-6.908 * t / rt60)
-    tail[: int(rng.uniform(0.002, 0.008) * SAMPLE_RATE)] = 0.0  # pre-delay before the diffuse tail
-    early = rng.integers(int(0.001 * SAMPLE_RATE), int(0.03 * SAMPLE_RATE), size=6)
-    tail[np.minimum(early, n - 1)] += rng.uniform(-1.0, 1.0, 6) * 3.0 * np.exp(-6.908 * early / SAMPLE_RATE / rt60)
-    tail[0] = 0.0
-    tail *= np.sqrt(10.0 ** (-drr_db / 10.0) / max(np.sum(tail**2), 1e-12))
-    tail[0] = 1.0
-    return tail
-
-
-def apply_reverb(audio, rng, rt60_range=(0.1, 0.5), drr_db_range=(0.0, 15.0)):
-    """Convolve with a synthetic RIR (direct path at 0, so no delay); same length and RMS."""
-    rir = synthetic_rir(rng, _uniform(rng, rt60_range), _uniform(rng, drr_db_range))
-    wet = fftconvolve(np.asarray(audio, dtype=np.float64), rir)[: len(audio)]
-    rms_in, rms_out = _rms(audio), _rms(wet)
-    return (wet * (rms_in / rms_out if rms_out > 0 else 1.0)).astype(np.float32)
-
-
-def band_limit(audio, rng, lowpass_hz=(3000.0, 11000.0), highpass_hz=(40.0, 200.0)):
-    """Random zero-phase (no delay) low-pass, high-pass or both (audiomentations filters), with
-    cutoffs uniform in the given ranges (Hz); a range of None leaves that filter out."""
-    from audiomentations import HighPassFilter, LowPassFilter
-
-    audio = np.asarray(audio, dtype=np.float32)
-    if len(audio) < 64:  # too short for the filters' edge padding
-        return audio
-    choices = [(low, high) for low, high in ((True, False), (False, True), (True, True))
-               if (lowpass_hz is not None or not low) and (highpass_hz is not None or not high)]
-    low, high = choices[int(rng.integers(len(choices)))]
-    transforms = []
-    if low:
-        cutoff, rolloff = _uniform(rng, lowpass_hz), int(rng.choice([12, 24]))
-        transforms.append(LowPassFilter(min_cutoff_freq=cutoff, max_cutoff_freq=cutoff, min_rolloff=rolloff,
-                                        max_rolloff=rolloff, zero_phase=True, p=1.0))
-    if high:
-        cutoff, rolloff = _uniform(rng, highpass_hz), int(rng.choice([12, 24]))
-        transforms.append(HighPassFilter(min_cutoff_freq=cutoff, max_cutoff_freq=cutoff, min_rolloff=rolloff,
-                                         max_rolloff=rolloff, zero_phase=True, p=1.0))
-    with _global_random_from(rng):
-        for transform in transforms:
-            audio = transform(audio, SAMPLE_RATE)
-    return audio.astype(np.float32)
-
-
-def apply_gain(audio, rng, gain_db_range):
-    """Random gain in dB (audiomentations Gain)."""
-    from audiomentations import Gain
-
-    gain = _uniform(rng, gain_db_range)
-    with _global_random_from(rng):
-        return Gain(min_gain_db=gain, max_gain_db=gain, p=1.0)(np.asarray(audio, dtype=np.float32), SAMPLE_RATE)
-
-
-class Augmenter:
-    """augment(audio, rng) -> audio: reverb, noise, band-limiting, gain, each applied with
-    probability `probability`, then scaled down if it would clip. Picklable (DataLoader workers)."""
-
-    def __init__(self, aug_params, babble_source=None):
-        self.params = dict(aug_params or {})
-        self.babble_source = babble_source
-        types = list(self.params.get("noise_types", ["white", "pink", "babble"]))
-        unknown = set(types) - {"white", "pink", "babble"}
-        if unknown:
-            raise ValueError(f"augmentation.noise_types: unknown {sorted(unknown)}; use white, pink, babble")
-        self.noise_types = [kind for kind in types if kind != "babble" or babble_source is not None]
-
-    def __call__(self, audio, rng):
-        params = self.params
-        audio = np.asarray(audio, dtype=np.float32)
-        if not params.get("enabled", True) or len(audio) == 0:
-            return audio
-        p = float(params.get("probability", 0.5))
-        if params.get("reverb", False) and rng.random() < p:
-            audio = apply_reverb(audio, rng, params.get("reverb_rt60", (0.1, 0.5)))
-        if self.noise_types and params.get("snr_db_range") is not None and rng.random() < p:
-            color = self.noise_types[int(rng.integers(len(self.noise_types)))]
-            audio = add_noise(audio, rng, _uniform(rng, params["snr_db_range"]), color, self.babble_source)
-        if params.get("band_limit", False) and rng.random() < p:
-            audio = band_limit(audio, rng, params.get("lowpass_hz", (3000.0, 11000.0)),
-                               params.get("highpass_hz", (40.0, 200.0)))
-        if params.get("gain_db_range") is not None and rng.random() < p:
-            audio = apply_gain(audio, rng, params["gain_db_range"])
-        return _peak_limit(audio).astype(np.float32)
-
-
-def build_augmenter(aug_params, babble_source=None):
-    """The augmentation callable `augment(audio, rng) -> audio` for the `augmentation` config block.
-
-    babble_source: clips for babble noise, a list of 24 kHz arrays or a callable(rng) -> array
-    (picklable if used in DataLoader workers); without it babble is left out of the noise types.
-    Output: float32, same length, within [-1, 1]. With `enabled: false` audio is returned as is.
-    """
-    return Augmenter(aug_params, babble_source)

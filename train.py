@@ -14,22 +14,25 @@ import sys
 import click
 import yaml
 
-from audio import write_atomically
+from audio import read_file_list, write_atomically
 from config import ConfigError, load_config
 from demo_data import ensure_demo_corpus
+from f0_labels import label_settings, precompute
 from trainer import Trainer, TrainingStopped, selection_key
 
 SUMMARY_FIELDS = ("lambda_vuv", "best_epoch", "FFE", "RPA", "RCA", "GPE", "VUV_F1", "VUV_P", "VUV_R",
                   "MED_CENTS", "vuv_threshold", "checkpoint")
 
 
-def setup_logging(run_dir):
-    os.makedirs(run_dir, exist_ok=True)
+def setup_logging(folder):
+    """The `pitchextractor` logger tree to the console and to `<folder>/train.log` (replacing an earlier file)."""
+    os.makedirs(folder, exist_ok=True)
     logger = logging.getLogger("pitchextractor")
     logger.setLevel(logging.INFO)
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
-    file_handler = logging.FileHandler(os.path.join(run_dir, "train.log"))
+        handler.close()
+    file_handler = logging.FileHandler(os.path.join(folder, "train.log"))
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     console = logging.StreamHandler(sys.stderr)
     console.setFormatter(logging.Formatter("%(message)s"))
@@ -54,7 +57,32 @@ def with_lambda(config, lam):
     return config
 
 
-def run_one(config, run_dir, resume):
+def prepare_labels(config):
+    """Label every listed file once, for all runs of a sweep: {'train': paths, 'val': paths} of usable audio.
+
+    Unreadable audio is left out (or stops the run with dataset_params.strict). A split none of whose
+    files got a label (every backend found too little voicing) stops the run before any training.
+    """
+    data = config["dataset_params"]
+    lists = {split: read_file_list(config[key]) for split, key in (("train", "train_data"), ("val", "val_data"))}
+    summary = precompute(lists["train"] + lists["val"], label_settings(data["f0_params"]), workers=None,
+                         strict=data["strict"])
+    skipped, failed = set(summary["bad_files"]), set(summary["failed_files"])
+    usable = {split: [path for path in paths if path not in skipped] for split, paths in lists.items()}
+    for split, paths in usable.items():
+        key = f"{split}_data"
+        if not paths:
+            raise ValueError(f"{config[key]}: none of its {len(lists[split])} files is readable audio "
+                             "(listed above); fix the files or the list")
+        if all(path in failed for path in paths):
+            raise ValueError(
+                f"{config[key]}: all {len(paths)} files got no F0 label (no backend found "
+                f"{data['f0_params']['min_voiced_frames']} voiced frames: silent or unpitched audio); "
+                "check the recordings, or enable more backends in dataset_params.f0_params")
+    return usable
+
+
+def run_one(config, run_dir, data, resume):
     logger = setup_logging(run_dir)
     with open(os.path.join(run_dir, "config.yml"), "w") as f:
         yaml.safe_dump(config, f, sort_keys=False)
@@ -63,7 +91,7 @@ def run_one(config, run_dir, resume):
         resume = last
     logger.info("run folder %s (λ_vuv = %g)%s", run_dir, config["loss_params"]["lambda_vuv"],
                 f", resuming from {resume}" if resume else "")
-    best = Trainer(config, run_dir, resume_from=resume).fit()
+    best = Trainer(config, run_dir, data, resume_from=resume).fit()
     logger.info("best epoch %d: FFE %.2f RPA %.2f VUV_F1 %.2f (threshold %.3f) -> %s", best["epoch"],
                 best["FFE"], best["RPA"], best["VUV_F1"], best["vuv_threshold"], best["checkpoint"])
     return best
@@ -101,6 +129,7 @@ def main(config_path, resume, overrides):
     except ConfigError as err:
         raise click.ClickException(str(err))
     if config["demo_corpus"]["enabled"]:
+        setup_logging(config["log_dir"])
         ensure_demo_corpus(config["demo_corpus"], config["dataset_params"]["synthetic_data"]["world"],
                            config["train_data"], config["val_data"])
     runs = sweep_runs(config)
@@ -109,8 +138,10 @@ def main(config_path, resume, overrides):
                                    "last.pth automatically (resume: auto)")
     results = []
     try:
+        setup_logging(config["log_dir"])  # labelling's warnings go to <log_dir>/train.log, each run's to its own
+        data = prepare_labels(config)
         for lam, run_config, run_dir in runs:
-            results.append((lam, run_one(run_config, run_dir, resume)))
+            results.append((lam, run_one(run_config, run_dir, data, resume)))
     except (TrainingStopped, ValueError, RuntimeError, FileNotFoundError) as err:
         raise click.ClickException(str(err))
     click.echo(results_table(results))

@@ -1,7 +1,8 @@
 """One training run: masked JDC loss, validation with V/UV calibration, checkpoints, resume.
 
-`Trainer(config, run_dir).fit()` — `config` is the validated dict from train.py. The loop is `fit`;
-everything it calls is a short method below it.
+`Trainer(config, run_dir, data).fit()` — `config` is the validated dict from train.py and `data` the
+labelled audio paths per split ({'train': [...], 'val': [...]}, see train.prepare_labels). The loop is
+`fit`; everything it calls is a short method below it.
 """
 import contextlib
 import logging
@@ -16,13 +17,13 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from audio import frame_times, read_file_list
-from f0_backends import check_backends, precompute
+from devices import resolve_device
 from losses import jdc_loss
 from meldataset import MelDataset, build_dataloader
 from metrics import calibrate_vuv_threshold, pitch_metrics
-from model import build_model, load_checkpoint, resolve_device, save_checkpoint
+from model import build_model, load_checkpoint, save_checkpoint, voiced
 from optimizers import build_optimizer
+from plots import f0_figure
 
 log = logging.getLogger("pitchextractor")
 
@@ -48,11 +49,11 @@ def amp_settings(training, device):
             return True, torch.bfloat16, False  # bf16 has fp32's range: no loss scaling needed
         return True, torch.float16, True
     # CPU: fp32 unless asked; CPU autocast only supports bfloat16.
-    return bool(training.get("cpu_mixed_precision")), torch.bfloat16, False
+    return training["cpu_mixed_precision"], torch.bfloat16, False
 
 
 class Trainer:
-    def __init__(self, config, run_dir, resume_from=None):
+    def __init__(self, config, run_dir, data, resume_from=None):
         self.config, self.run_dir = config, run_dir
         os.makedirs(run_dir, exist_ok=True)
         self.training, self.loss_params = config["training"], config["loss_params"]
@@ -62,7 +63,8 @@ class Trainer:
             # worker wait on each other, and a 2-thread step then runs several times slower.
             torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) - config["num_workers"]))
         torch.manual_seed(config["seed"])
-        self.train_loader, self.val_loader = self._build_loaders()
+        self.train_loader, self.val_loader = (self._loader(data[split], train=split == "train")
+                                              for split in ("train", "val"))
         self.model = build_model(config["model_params"]).to(self.device)
         self.model.set_gradient_checkpointing(self.training["gradient_checkpointing"],
                                               self.training["gradient_checkpointing_use_reentrant"])
@@ -102,21 +104,11 @@ class Trainer:
         return self.best
 
     # ------------------------------------------------------------------ data
-    def _build_loaders(self):
-        config, data = self.config, self.config["dataset_params"]
-        f0_params = data["f0_params"]
-        check_backends(f0_params)
-        lists = {split: read_file_list(config[key]) for split, key in (("train", "train_data"), ("val", "val_data"))}
-        summary = precompute(lists["train"] + lists["val"], f0_params, workers=None,  # all cores
-                             strict=data["strict"])
-        skipped = set(summary["bad_files"])
-        loaders = []
-        for split, paths in lists.items():
-            dataset = MelDataset([p for p in paths if p not in skipped], data, train=split == "train")
-            loaders.append(build_dataloader(
-                dataset, config["batch_size"], config["num_workers"], config["seed"], self.device,
-                data["dataloader"]))
-        return loaders
+    def _loader(self, paths, train):
+        config = self.config
+        dataset = MelDataset(paths, config["dataset_params"], train=train)
+        return build_dataloader(dataset, config["batch_size"], config["num_workers"], config["seed"], self.device,
+                                config["dataset_params"]["dataloader"])
 
     # ------------------------------------------------------------------ steps
     def train_epoch(self, epoch):
@@ -207,7 +199,7 @@ class Trainer:
         ref_f0, ref_voiced, est_f0, prob = (torch.cat(x).numpy() for x in zip(*frames))
         self.vuv_threshold, _ = calibrate_vuv_threshold(
             prob, ref_voiced, self.loss_params["vuv_calibration_steps"], initial=self.vuv_threshold)
-        metrics = pitch_metrics(ref_f0, est_f0, prob >= self.vuv_threshold, ref_voiced)
+        metrics = pitch_metrics(ref_f0, est_f0, voiced(prob, self.vuv_threshold), ref_voiced)
         metrics.update(zip(("loss", "loss_f0", "loss_vuv"), np.mean(losses, axis=0).tolist()))
         metrics["vuv_threshold"] = self.vuv_threshold
         return {k: float(v) for k, v in metrics.items()}
@@ -224,31 +216,20 @@ class Trainer:
             self.writer.add_figure("val/f0", self.plot_clips(), epoch + 1)
 
     def plot_clips(self):
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
         dataset = self.val_loader.dataset
-        count = min(self.training["plot_clips"], len(dataset))
-        fig, axes = plt.subplots(count, 1, figsize=(10, 2.5 * count), squeeze=False)
-        for ax, index in zip(axes[:, 0], range(count)):
+        clips = []
+        for index in range(min(self.training["plot_clips"], len(dataset))):
             mel, label, _ = dataset[index]
             f0, logit = self.predict(mel[None, None])
-            f0, prob = f0[0].numpy(), torch.sigmoid(logit[0]).numpy()
-            t = frame_times(len(label))
-            ax.plot(t, np.where(label > 0, label, np.nan), "k", lw=2, label="label F0")
-            ax.plot(t, np.where(prob >= self.vuv_threshold, f0, np.nan), "r", lw=1, label="predicted F0 (voiced)")
-            ax.set_ylabel("Hz")
-            ax.twinx().plot(t, prob, "b:", lw=0.8)
-            ax.set_title(os.path.basename(dataset.paths[index]), fontsize=8)
-        axes[0, 0].legend(loc="upper right", fontsize=7)
-        axes[-1, 0].set_xlabel("s (dotted: P(voiced))")
-        fig.tight_layout()
-        return fig
+            clips.append({"title": os.path.basename(dataset.paths[index]), "f0": f0[0].numpy(),
+                          "prob": torch.sigmoid(logit[0]).numpy(), "label": label.numpy()})
+        return f0_figure(clips, self.vuv_threshold)
 
     # ------------------------------------------------------------------ checkpoints
     def _state(self):
         return {
-            "net": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "net": self.model.state_dict(), "model_params": self.config["model_params"],
+            "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
             "epoch": self.epoch, "batches_done": self.batches_done, "step": self.step,
             "config": self.config, "vuv_threshold": float(self.vuv_threshold), "metrics": self.metrics,
@@ -278,7 +259,7 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.batches_done, self.step = state["epoch"], state["batches_done"], state["step"]
         self.vuv_threshold, self.metrics, self.best = state["vuv_threshold"], state["metrics"], state["best"]
-        self.nonfinite_total = state.get("nonfinite_total", 0)
+        self.nonfinite_total = state["nonfinite_total"]
         torch.set_rng_state(state["torch_rng"])
         log.info("resumed from %s at epoch %d, batch %d, step %d", path, self.epoch + 1, self.batches_done,
                  self.step)

@@ -30,7 +30,7 @@ Sources (both GPL-2):
 Pipeline: download -> extract to a temporary folder -> keep speech -> 24 kHz mono (audio.load_audio),
 silence edges trimmed (-40 dB re clip peak, 0.1 s margin kept), clips < 0.5 s skipped ->
 <out>/wav/<speaker>/<name>.wav (16-bit) -> F0 labels through the default cascade
-(f0_backends.precompute with Configs/config.yml's f0_params: PyWorld harvest, dio fallback, StoneMask,
+(f0_labels.precompute with Configs/config.yml's f0_params: PyWorld harvest, dio fallback, StoneMask,
 D4C voicing check;
 caches beside the wavs) -> speaker-disjoint split -> <out>/train_list.txt, <out>/val_list.txt
 (`wav/<speaker>/<name>.wav|<speaker>`, relative to the list's folder, which read_file_list resolves).
@@ -400,7 +400,7 @@ def label_stats(kept, f0_params):
     """{path: (backend or None, voiced fraction, median voiced F0 or None)} from the label caches."""
     import json
 
-    from f0_backends import cache_paths
+    from f0_labels import cache_paths
 
     stats = {}
     for path, _, _ in kept:
@@ -471,7 +471,7 @@ def main(out, workers, val_speakers, sources, debs, keep_debs):
     """Download, filter, convert and label Debian-packaged speech; write speaker-disjoint train/val lists."""
     import logging
 
-    from f0_backends import format_summary, precompute
+    from f0_labels import format_summary, precompute
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     started = time.perf_counter()

@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from config_defaults import DEFAULTS  # noqa: E402
-from f0_backends import precompute  # noqa: E402
+from f0_labels import precompute  # noqa: E402
 from meldataset import MelDataset, build_dataloader  # noqa: E402
 from synthetic import render_world_utterance  # noqa: E402
 from train_step import steps_per_second  # noqa: E402
@@ -37,7 +37,7 @@ def write_clips(folder, count, seed=0):
 
 
 def batches_per_second(paths, params, workers, batches):
-    loader = build_dataloader(MelDataset(paths, params, train=True), 32, workers, seed=0)
+    loader = build_dataloader(MelDataset(paths, params, train=True), 32, workers, 0, "cpu", params["dataloader"])
     iterator = iter(loader)
     # Untimed: worker start-up (paid once per run) and the batches prefetched meanwhile.
     for _ in range(1 + 2 * workers):

@@ -18,7 +18,7 @@ import yaml
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from audio import SAMPLE_RATE  # noqa: E402
-from f0_backends import precompute  # noqa: E402
+from f0_labels import precompute  # noqa: E402
 
 
 def syllable(rng):

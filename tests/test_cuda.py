@@ -12,10 +12,11 @@ from audio import load_audio
 from config import load_config
 from conftest import glide_clip, tiny_config
 from f0_helpers import cents
-from f0_backends import cache_paths, compute_f0
+from f0_labels import cache_paths, compute_f0
 from infer import load_predictor
 from meldataset import MelDataset, build_dataloader
 from model import build_model
+from train import prepare_labels
 from trainer import Trainer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -26,7 +27,7 @@ DEVICE = "cuda"
 def test_amp_training_learns_with_fp32_master_weights(tmp_path, amp_dtype):
     config = load_config(tiny_config(tmp_path, device=DEVICE, epochs=4,
                                      training={"mixed_precision": True, "amp_dtype": amp_dtype}))
-    trainer = Trainer(config, config["log_dir"])
+    trainer = Trainer(config, config["log_dir"], prepare_labels(config))
     assert trainer.amp and trainer.amp_dtype == getattr(torch, amp_dtype)
     assert trainer.scaler.is_enabled() == (amp_dtype == "float16")  # bf16 needs no loss scaling
     losses = [trainer.train_epoch(epoch) for epoch in range(4)]
@@ -70,7 +71,7 @@ def test_torchcrepe_on_cuda_labels_in_spawned_workers(tmp_path):
     paths = [line.split("|")[0] for line in open(config["train_data"]) if line.strip()]
     dataset = MelDataset(paths, dataset_params, train=False)
     loader = build_dataloader(dataset, batch_size=2, num_workers=2, seed=0, device=DEVICE,
-                              loader_params={"persistent_workers": False})
+                              loader_params=dict(dataset_params["dataloader"], persistent_workers=False))
     assert loader.multiprocessing_context.get_start_method() == "spawn"
     batches = list(loader)  # each worker labels its clips with torchcrepe on the GPU and caches them
     assert sum(len(b["f0"]) for b in batches) == len(paths)

@@ -16,7 +16,8 @@ from audio import SAMPLE_RATE
 from f0_helpers import harmonic_tone
 from test_model import randomised_lstm_model
 
-SCORE_PY = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "bench", "score.py")
+# An independent scorer to agree with: the evaluation benchmark's score.py, where a developer has it.
+SCORE_PY = os.environ.get("PITCH_BENCH_SCORER", "")
 CLIPS = {  # id -> (start Hz, end Hz, white-noise SNR dB or None)
     "glide_a_clean": (110.0, 190.0, None),
     "glide_b_clean": (220.0, 160.0, None),
@@ -27,7 +28,7 @@ SCORED = ("RPA", "RCA", "GPE", "VUV_F1", "FFE", "MED_CENTS")
 
 
 def write_reference_corpus(folder, silence=0.25, voiced=1.0, seed=0):
-    """FLAC glides between silences and their exact F0 at 5 ms, laid out like shared/bench/dev."""
+    """FLAC glides between silences and their exact F0 at 5 ms, laid out as an evaluation corpus."""
     rng = np.random.default_rng(seed)
     (folder / "wav").mkdir(parents=True)
     (folder / "ref").mkdir()
@@ -92,7 +93,7 @@ def test_results_written_as_csv_and_json(evaluated):
     assert evaluated["json"]["systems"][evaluated["checkpoint"]]["vuv_threshold"] == 0.4
 
 
-@pytest.mark.skipif(not os.path.isfile(SCORE_PY), reason="shared/bench/score.py is not beside this clone")
+@pytest.mark.skipif(not os.path.isfile(SCORE_PY), reason="set PITCH_BENCH_SCORER to the benchmark's score.py")
 def test_agrees_with_the_bench_scorer(evaluated):
     for system, folder in ((evaluated["checkpoint"], evaluate.folder_name(evaluated["checkpoint"])),
                            ("harvest", "harvest")):
@@ -125,9 +126,9 @@ def test_alignment_follows_the_bench_rule():
 def test_folder_without_manifest_is_a_one_line_error(tmp_path):
     result = CliRunner().invoke(evaluate.main, ["--reference", str(tmp_path), "--backends", "harvest"])
     assert result.exit_code == 1 and "Traceback" not in result.output
-    assert result.output.strip().splitlines() == [f"Error: {tmp_path}: no manifest.csv; give a folder laid out like "
-                                                  "shared/bench/dev (manifest.csv with id,wav,ref and one time,f0 "
-                                                  "CSV per clip)"]
+    assert result.output.strip().splitlines() == [f"Error: {tmp_path}: no manifest.csv; give an evaluation corpus "
+                                                  "folder (manifest.csv with id,wav,ref and one time,f0 CSV per "
+                                                  "clip)"]
 
 
 def test_unknown_backend_and_nothing_to_evaluate_are_usage_errors(tmp_path):

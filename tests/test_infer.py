@@ -1,4 +1,8 @@
 """infer.py: chunked == whole, batch independence, the API's resampling, the command's files and errors."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -39,10 +43,10 @@ def checkpoints(tmp_path_factory):
     folder = tmp_path_factory.mktemp("checkpoints")
     net = randomised_lstm_model().state_dict()
     paths = {"ours": folder / "best.pth", "host": folder / "host.pth", "transformer": folder / "t.pth"}
-    torch.save({"net": net, "config": {"model_params": {"sequence_model": "lstm"}}, "vuv_threshold": THRESHOLD,
-                "epoch": 3}, paths["ours"])
+    torch.save({"net": net, "model_params": {"sequence_model": "lstm"}, "vuv_threshold": THRESHOLD, "epoch": 3},
+               paths["ours"])
     torch.save({"net": net}, paths["host"])
-    torch.save({"net": build_model(TINY_TRANSFORMER).state_dict(), "config": {"model_params": TINY_TRANSFORMER}},
+    torch.save({"net": build_model(TINY_TRANSFORMER).state_dict(), "model_params": TINY_TRANSFORMER},
                paths["transformer"])
     return {key: str(path) for key, path in paths.items()}
 
@@ -211,17 +215,17 @@ def test_no_checkpoint_given_and_none_shipped(tmp_path, audio_tree, monkeypatch)
     one_line_error(run(audio_tree / "y.flac", "--out", tmp_path), "no checkpoint given and none shipped")
 
 
-def test_export_host_refuses_a_transformer_and_writes_an_lstm(checkpoints, tmp_path):
-    one_line_error(run("--checkpoint", checkpoints["transformer"], "--export-host", tmp_path / "host.pth"),
-                   "transformer model does not have the hosts' JDCNet layout")
-    result = run("--checkpoint", checkpoints["ours"], "--export-host", tmp_path / "host.pth")
-    assert result.exit_code == 0, result.output
-    exported = torch.load(tmp_path / "host.pth", weights_only=True)
-    assert set(exported) == {"net", "vuv_threshold"} and exported["vuv_threshold"] == THRESHOLD
-
-
 def test_device_without_cuda_is_a_one_line_error(checkpoints, audio_tree, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     one_line_error(run("--checkpoint", checkpoints["ours"], audio_tree / "y.flac", "--out", tmp_path,
                        "--device", "cuda"), "no CUDA GPU")
+
+
+def test_importing_infer_loads_no_training_stack():
+    training_only = ("pyworld", "synthetic", "augment", "meldataset", "f0_labels", "f0_backends", "parselmouth",
+                     "swift_f0", "torchcrepe", "audiomentations", "librosa", "mir_eval", "trainer")
+    probe = f"import sys, infer; print(' '.join(m for m in {training_only!r} if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert result.stdout.strip() == "", f"import infer also loaded: {result.stdout}"

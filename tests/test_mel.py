@@ -4,11 +4,11 @@ import pytest
 import torch
 import torchaudio
 
-from meldataset import mel_spectrogram
+from features import mel_spectrogram
 
 
 def host_mel(wave):
-    """What StarGANv2-VC / StyleTTS compute (CONTRACT.md), straight from torchaudio."""
+    """What StarGANv2-VC / StyleTTS compute (docs/host_contract.md), straight from torchaudio."""
     to_mel = torchaudio.transforms.MelSpectrogram(n_mels=80, n_fft=2048, win_length=1200, hop_length=300)
     return (torch.log(1e-5 + to_mel(wave)) - (-4)) / 4
 

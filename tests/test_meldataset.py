@@ -7,9 +7,12 @@ import torch
 
 from audio import load_audio
 from config_defaults import DEFAULTS
-from meldataset import (MelDataset, SeededSampler, build_dataloader, collate, item_mels, loader_start_method,
-                        mel_spectrogram)
 from audio import read_file_list
+from f0_labels import label_settings
+from features import item_mels, mel_spectrogram
+from meldataset import MelDataset, SeededSampler, build_dataloader, collate, loader_start_method
+
+LOADER = DEFAULTS["dataset_params"]["dataloader"]
 
 
 def dataset_params(**changes):
@@ -61,7 +64,7 @@ def test_collate_pads_mixed_lengths_and_marks_padding_invalid():
 
 def test_loader_batches_carry_masks(paths):
     dataset = MelDataset(paths, dataset_params(max_mel_length=32), train=False)
-    loader = build_dataloader(dataset, batch_size=3, num_workers=0, seed=0)
+    loader = build_dataloader(dataset, 3, 0, 0, "cpu", LOADER)
     batch = next(iter(loader))
     lengths = [dataset[i][1].shape[0] for i in range(3)]
     assert batch["valid"].sum(1).tolist() == lengths
@@ -71,7 +74,7 @@ def test_same_seed_same_data_different_seed_different_data(paths):
     params = dataset_params(max_mel_length=24)
 
     def first_epoch(seed, workers):
-        loader = build_dataloader(MelDataset(paths, params), 2, workers, seed)
+        loader = build_dataloader(MelDataset(paths, params), 2, workers, seed, "cpu", LOADER)
         loader.sampler.set_epoch(0)
         return torch.cat([b["f0"] for b in loader])
 
@@ -92,20 +95,21 @@ def test_sampler_skip_resumes_mid_epoch():
 
 def test_spawn_is_chosen_when_a_cuda_backend_runs_in_workers():
     f0_params = copy.deepcopy(DEFAULTS["dataset_params"]["f0_params"])
-    assert loader_start_method({}, f0_params, num_workers=2) is None
+    assert loader_start_method(LOADER, label_settings(f0_params), num_workers=2) is None
     f0_params["torchcrepe"].update(enabled=True, device="cuda")
-    assert loader_start_method({}, f0_params, num_workers=2) == "spawn"
-    assert loader_start_method({}, f0_params, num_workers=0) is None  # no workers: nothing to spawn
-    assert loader_start_method({"start_method": "forkserver"}, f0_params, num_workers=2) == "forkserver"
+    crepe_on_cuda = label_settings(f0_params)
+    assert loader_start_method(LOADER, crepe_on_cuda, num_workers=2) == "spawn"
+    assert loader_start_method(LOADER, crepe_on_cuda, num_workers=0) is None  # no workers: nothing to spawn
+    assert loader_start_method(dict(LOADER, start_method="forkserver"), crepe_on_cuda, num_workers=2) == "forkserver"
 
 
 def test_loader_options_are_honoured(paths):
     dataset = MelDataset(paths, dataset_params(), train=True)
-    loader = build_dataloader(dataset, 2, 2, 0, loader_params={
+    loader = build_dataloader(dataset, 2, 2, 0, "cpu", {
         "start_method": "spawn", "persistent_workers": False, "prefetch_factor": 4, "pin_memory": False})
     assert loader.multiprocessing_context.get_start_method() == "spawn"
     assert loader.persistent_workers is False and loader.prefetch_factor == 4 and loader.pin_memory is False
-    default = build_dataloader(dataset, 2, 2, 0)
+    default = build_dataloader(dataset, 2, 2, 0, "cpu", LOADER)
     assert default.persistent_workers is True and default.prefetch_factor == 2
 
 

@@ -6,7 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import build_model, export_host_checkpoint
+from click.testing import CliRunner
+
+from model import build_model, export_host_checkpoint, main as model_main
 
 HERE = os.path.dirname(__file__)
 HOST_KEYS = os.path.join(HERE, "data", "jdcnet_state_dict.json")
@@ -35,7 +37,7 @@ def randomised_lstm_model(seed=0):
 
 
 def host_f0(sd, x):
-    """The hosts' JDCNet classifier branch, written from CONTRACT.md with functional ops only."""
+    """The hosts' JDCNet classifier branch, written from docs/host_contract.md with functional ops only."""
     def bn(h, p):
         return F.batch_norm(h, sd[p + ".running_mean"], sd[p + ".running_var"],
                             sd[p + ".weight"], sd[p + ".bias"], training=False, eps=1e-5)
@@ -148,12 +150,19 @@ def test_export_host_checkpoint_is_weights_only(tmp_path):
     assert 19 < size_mb < 22
 
 
-def test_export_refuses_transformer(tmp_path):
+def test_export_command_refuses_a_transformer_and_writes_an_lstm(tmp_path):
     src = tmp_path / "t.pth"
-    torch.save({"net": build_model({}).state_dict(),
-                "config": {"model_params": {"sequence_model": "transformer"}}}, src)
-    with pytest.raises(ValueError, match="transformer model does not have the hosts' JDCNet layout"):
-        export_host_checkpoint(str(src), str(tmp_path / "out.pth"))
+    torch.save({"net": build_model({}).state_dict(), "model_params": {"sequence_model": "transformer"}}, src)
+    result = CliRunner().invoke(model_main, [str(src), str(tmp_path / "out.pth")])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert "Error: " in result.output and "transformer model does not have the hosts' JDCNet layout" in result.output
+    assert not (tmp_path / "out.pth").exists()
+    lstm = tmp_path / "last.pth"
+    torch.save({"net": randomised_lstm_model().state_dict(), "vuv_threshold": 0.3}, lstm)
+    result = CliRunner().invoke(model_main, [str(lstm), str(tmp_path / "host.pth")])
+    assert result.exit_code == 0, result.output
+    exported = torch.load(tmp_path / "host.pth", weights_only=True)
+    assert set(exported) == {"net", "vuv_threshold"} and exported["vuv_threshold"] == pytest.approx(0.3)
 
 
 def test_checkpointing_falls_back_when_torch_lacks_use_reentrant(monkeypatch):

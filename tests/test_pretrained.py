@@ -7,7 +7,7 @@ import torch
 
 from conftest import glide_clip
 from infer import load_predictor
-from meldataset import mel_spectrogram
+from features import mel_spectrogram
 from model import build_model
 from test_model import HOST_KEYS, host_f0
 

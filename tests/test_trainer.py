@@ -9,6 +9,7 @@ import torch
 from click.testing import CliRunner
 
 import train
+from train import prepare_labels
 from config import ConfigError, load_config
 from trainer import Trainer, TrainingStopped, amp_settings
 from conftest import tiny_config
@@ -20,10 +21,10 @@ def run_files(run):
 
 def test_two_epochs_lower_the_loss_and_write_every_file(tmp_path):
     config = load_config(tiny_config(tmp_path, epochs=3))
-    trainer = Trainer(config, str(tmp_path / "steps"))
+    trainer = Trainer(config, str(tmp_path / "steps"), prepare_labels(config))
     losses = [trainer.train_epoch(epoch) for epoch in range(3)]
     assert losses[2] < 0.8 * losses[0]
-    result = train.run_one(config, config["log_dir"], resume=None)
+    result = train.run_one(config, config["log_dir"], prepare_labels(config), resume=None)
     run = config["log_dir"]
     for name in ("last.pth", "best.pth", "epoch_00001.pth", "epoch_00003.pth", "train.log", "config.yml",
                  "tensorboard"):
@@ -59,16 +60,16 @@ def test_resume_after_epoch_one_gives_the_uninterrupted_weights(tmp_path):
     torch.use_deterministic_algorithms(True)
     try:
         config = load_config(tiny_config(tmp_path, model_params={"cnn_dropout": 0.5}))
-        straight = Trainer(config, str(tmp_path / "straight"))
+        straight = Trainer(config, str(tmp_path / "straight"), prepare_labels(config))
         straight.fit()
         first = config  # the same 2-epoch config; dropout makes the restored RNG state matter
-        part = Trainer(first, str(tmp_path / "part"))
+        part = Trainer(first, str(tmp_path / "part"), prepare_labels(first))
         part.epoch = 0
         part.train_epoch(0)
         part.metrics = part.validate()
         part.epoch, part.batches_done = 1, 0
         part.save_checkpoints(0, part.metrics)
-        resumed = Trainer(first, str(tmp_path / "part"), resume_from=str(tmp_path / "part" / "last.pth"))
+        resumed = Trainer(first, str(tmp_path / "part"), prepare_labels(first), resume_from=str(tmp_path / "part" / "last.pth"))
         assert resumed.epoch == 1 and resumed.step == part.step
         resumed.fit()
     finally:
@@ -79,7 +80,7 @@ def test_resume_after_epoch_one_gives_the_uninterrupted_weights(tmp_path):
 
 def test_sigterm_mid_epoch_saves_last_and_restores_the_handlers(tmp_path):
     config = load_config(tiny_config(tmp_path, epochs=50))
-    trainer = Trainer(config, config["log_dir"])
+    trainer = Trainer(config, config["log_dir"], prepare_labels(config))
     real_step = trainer.train_step
 
     def step_then_sigterm(batch):  # the signal arrives during step 2, whatever the machine's speed
@@ -98,25 +99,25 @@ def test_sigterm_mid_epoch_saves_last_and_restores_the_handlers(tmp_path):
 
 def test_fine_tune_from_a_host_net_file(tmp_path, caplog):
     config = load_config(tiny_config(tmp_path, epochs=1))
-    donor = Trainer(config, str(tmp_path / "donor")).model
+    donor = Trainer(config, str(tmp_path / "donor"), prepare_labels(config)).model
     host_file = tmp_path / "host.pth"
     torch.save({"net": donor.state_dict()}, host_file)
     tuned = load_config(tiny_config(tmp_path, epochs=1, pretrained_model=str(host_file), load_only_params=True))
-    trainer = Trainer(tuned, str(tmp_path / "tuned"))
+    trainer = Trainer(tuned, str(tmp_path / "tuned"), prepare_labels(tuned))
     for key, value in donor.state_dict().items():
         assert torch.equal(trainer.model.state_dict()[key], value)
     # a Transformer model takes the CNN front from the host file and lists what it could not
     mixed = load_config(tiny_config(tmp_path, epochs=1, pretrained_model=str(host_file), load_only_params=True,
                                     model_params={"sequence_model": "transformer"}))
     with caplog.at_level("WARNING", logger="pitchextractor"):
-        transformer = Trainer(mixed, str(tmp_path / "mixed"))
+        transformer = Trainer(mixed, str(tmp_path / "mixed"), prepare_labels(mixed))
     assert torch.equal(transformer.model.conv_block[0].weight, donor.conv_block[0].weight)
     assert "bilstm_classifier.weight_ih_l0" in caplog.text  # not used from the file
 
 
 def test_nan_batch_is_skipped_and_three_in_a_row_stop(tmp_path):
     config = load_config(tiny_config(tmp_path))
-    trainer = Trainer(config, config["log_dir"])
+    trainer = Trainer(config, config["log_dir"], prepare_labels(config))
     batch = next(iter(trainer.train_loader))
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     poisoned = dict(batch, mel=batch["mel"].clone())
@@ -171,11 +172,11 @@ def test_amp_settings_cuda_logic_on_cpu():
 
 def test_time_budget_stops_mid_epoch_and_resume_continues_there(tmp_path):
     config = load_config(tiny_config(tmp_path, epochs=2, training={"max_minutes": 1e-6}))
-    best = Trainer(config, config["log_dir"]).fit()
+    best = Trainer(config, config["log_dir"], prepare_labels(config)).fit()
     state = torch.load(os.path.join(config["log_dir"], "last.pth"), map_location="cpu", weights_only=True)
     assert (state["epoch"], state["batches_done"], state["step"]) == (0, 1, 1)
     assert best is not None and os.path.exists(best["checkpoint"])
     unlimited = load_config(tiny_config(tmp_path, epochs=2))
-    resumed = Trainer(unlimited, config["log_dir"], resume_from=os.path.join(config["log_dir"], "last.pth"))
+    resumed = Trainer(unlimited, config["log_dir"], prepare_labels(unlimited), resume_from=os.path.join(config["log_dir"], "last.pth"))
     resumed.fit()
     assert resumed.step == 6  # the 2 remaining batches of epoch 1, then 3 in epoch 2
