@@ -1,6 +1,8 @@
 """Audio files and list files in: everything else in the repo sees 24 kHz mono float32."""
 
+import logging
 import os
+import struct
 import uuid
 
 import numpy as np
@@ -12,6 +14,10 @@ HOP_LENGTH = 300  # samples per model frame
 FRAME_SECONDS = HOP_LENGTH / SAMPLE_RATE  # 12.5 ms: the one frame period every module uses
 FRAME_PERIOD_MS = 1000.0 * FRAME_SECONDS
 FRAMES_PER_SECOND = SAMPLE_RATE / HOP_LENGTH
+UTF8_BOM = b"\xef\xbb\xbf"
+
+log = logging.getLogger("pitchextractor")
+_warned_truncated = set()
 
 
 class AudioError(ValueError):
@@ -41,10 +47,48 @@ def _read(path):
         raise AudioError(f"{path}: empty file (0 bytes); remove it from the list or re-export it")
     try:
         # always_2d gives one code path for mono and multichannel; soundfile scales int PCM to [-1, 1).
-        return sf.read(path, dtype="float32", always_2d=True)
-    except sf.SoundFileError as error:
+        samples, sample_rate = sf.read(path, dtype="float32", always_2d=True)
+    except (sf.SoundFileError, RuntimeError) as error:
         reason = str(error).replace("\n", " ")
+        if "does not exist" in reason:  # libsndfile's words for bytes its MPEG decoder rejects: the file exists
+            reason = "not audio in any format soundfile reads"
         raise AudioError(f"{path}: unreadable audio ({reason}); re-export it as wav, flac or ogg") from None
+    _warn_if_truncated(path, len(samples), sample_rate)
+    return samples, sample_rate
+
+
+def wav_data_shortfall(path):
+    """(bytes the WAV header's data chunk declares, bytes the file holds of it), or None for a file that is no
+    RIFF/WAVE or whose data size is a streaming placeholder. soundfile reads a truncated WAV without a word."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as handle:
+            header = handle.read(12)
+            if len(header) < 12 or header[:4] not in (b"RIFF", b"RIFX") or header[8:12] != b"WAVE":
+                return None
+            order = "<" if header[:4] == b"RIFF" else ">"
+            offset = 12
+            while offset + 8 <= size:
+                handle.seek(offset)
+                chunk, length = struct.unpack(f"{order}4sI", handle.read(8))
+                if chunk == b"data":
+                    if length in (0, 0xFFFFFFFF):  # written by a stream that never patched its header
+                        return None
+                    return length, size - offset - 8
+                offset += 8 + length + (length & 1)
+    except (OSError, struct.error):
+        return None
+    return None
+
+
+def _warn_if_truncated(path, frames, sample_rate):
+    shortfall = wav_data_shortfall(path)
+    if shortfall is None or shortfall[1] >= shortfall[0] or path in _warned_truncated:
+        return
+    _warned_truncated.add(path)  # once per process and file: items decode their file every epoch
+    declared, held = shortfall
+    log.warning("%s: truncated WAV: its header declares %d data bytes but the file holds %d; using the %.2f s "
+                "that are there (re-export or re-copy the file)", path, declared, held, frames / sample_rate)
 
 
 def to_model_rate(wave, sr):
@@ -102,18 +146,34 @@ def read_file_list(list_path):
         raise FileNotFoundError(f"{list_path}: list file not found; set train_data/val_data to an existing list")
     list_dir = os.path.dirname(os.path.abspath(list_path))
     paths = []
-    with open(list_path, encoding="utf-8") as lines:
-        for line_number, line in enumerate(lines, start=1):
-            entry = line.strip()
-            if not entry or entry.startswith("#"):
-                continue
-            field = entry.split("|", 1)[0].strip()
-            if not field:
-                raise ValueError(
-                    f"{list_path}:{line_number}: empty filename in {entry!r}; expected `filename.wav|anything`"
-                )
-            paths.append(_list_entry_path(field, list_dir))
+    with open(list_path, "rb") as handle:
+        lines = decode_lines(handle.read(), list_path, "list")
+    for line_number, line in enumerate(lines, start=1):
+        entry = line.strip()
+        if not entry or entry.startswith("#"):
+            continue
+        field = entry.split("|", 1)[0].strip()
+        if not field:
+            raise ValueError(
+                f"{list_path}:{line_number}: empty filename in {entry!r}; expected `filename.wav|anything`"
+            )
+        paths.append(_list_entry_path(field, list_dir))
     return paths
+
+
+def decode_lines(data, path, what="file"):
+    """The lines (ends kept) of UTF-8 bytes with or without a BOM; a ValueError naming the file and the line
+    of the first byte that is not UTF-8 (a latin-1 export, say)."""
+    if data.startswith(UTF8_BOM):
+        data = data[len(UTF8_BOM):]
+    lines = []
+    for number, raw in enumerate(data.splitlines(keepends=True), start=1):
+        try:
+            lines.append(raw.decode("utf-8"))
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{path}:{number}: not UTF-8 text (byte 0x{raw[error.start]:02x} at column "
+                             f"{error.start + 1}); save the {what} as UTF-8") from None
+    return lines
 
 
 def write_atomically(target, payload):
@@ -123,7 +183,9 @@ def write_atomically(target, payload):
         with open(temporary, "xb") as handle:  # a plain open honours the umask, unlike mkstemp
             handle.write(payload)
         os.replace(temporary, target)
-    except BaseException:
+    except BaseException as error:
         if os.path.exists(temporary):
             os.remove(temporary)
+        if isinstance(error, OSError) and error.errno is not None:  # name the target, not the temporary file
+            raise OSError(error.errno, error.strerror, os.fspath(target)) from None
         raise

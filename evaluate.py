@@ -1,7 +1,7 @@
 """Score checkpoints and F0 backends against a reference corpus with known F0.
 
     python evaluate.py --reference DIR [--checkpoint CKPT ...] [--backends harvest,swiftf0,...]
-                       [--by-condition] [--out DIR] [--save-predictions DIR] [--device auto|cpu|cuda]
+                       [--by-condition] [--by-band] [--out DIR] [--save-predictions DIR] [--device auto|cpu|cuda]
 
 DIR is an evaluation corpus: `manifest.csv` (id,wav,ref; paths relative to DIR) and one `time,f0` CSV
 per clip (s, Hz, 0 = unvoiced). Every system predicts every clip (24 kHz mono, as audio.load_audio gives
@@ -19,6 +19,7 @@ threshold) and the backends of f0_backends.py, named in BACKEND_SYSTEMS; a backe
 says unvoiced.
 """
 import csv
+import io
 import json
 import math
 import os
@@ -30,11 +31,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from audio import AudioError, SAMPLE_RATE, frame_times, load_audio
+from audio import AudioError, SAMPLE_RATE, decode_lines, frame_times, load_audio, write_atomically
 from config_defaults import DEFAULTS
 from f0_backends import BACKENDS, backend_options
 from infer import load_predictor, write_csv
-from metrics import pitch_metrics
+from metrics import band_metrics, pitch_metrics
 
 # name -> (f0_backends backend, settings that differ from the training config's labelling defaults).
 BACKEND_SYSTEMS = {
@@ -66,23 +67,48 @@ def read_manifest(folder):
     if not os.path.isfile(path):
         raise CorpusError(f"{folder}: no manifest.csv; give an evaluation corpus folder "
                           "(manifest.csv with id,wav,ref and one time,f0 CSV per clip)")
-    with open(path, newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    if not rows or not {"id", "wav", "ref"} <= set(rows[0]):
-        raise CorpusError(f"{path}: needs a header id,wav,ref and at least one row")
-    return [{"id": row["id"], "wav": os.path.join(folder, row["wav"]), "ref": os.path.join(folder, row["ref"])}
-            for row in rows]
+    rows = read_csv_rows(path, ("id", "wav", "ref"), "manifest")
+    for line, row in rows:
+        missing = [key for key in ("id", "wav", "ref") if not (row.get(key) or "").strip()]
+        if missing:
+            raise CorpusError(f"{path}:{line}: the row has no {', '.join(missing)}; every row is id,wav,ref "
+                              "(paths relative to the corpus folder)")
+    return [{"id": row["id"], "wav": os.path.join(folder, row["wav"]), "ref": os.path.join(folder, row["ref"]),
+             "row": f"{path}:{line}"} for line, row in rows]
+
+
+def read_csv_rows(path, columns, what):
+    """[(line number, row dict)] of a CSV file (UTF-8, with or without a BOM) whose header holds `columns`;
+    a CorpusError naming the file (and line) for anything else."""
+    try:
+        with open(path, "rb") as handle:
+            text = "".join(decode_lines(handle.read(), path, what))
+    except OSError as error:
+        raise CorpusError(f"{path}: cannot read the {what} ({error.strerror or error})") from None
+    except ValueError as error:  # not UTF-8
+        raise CorpusError(str(error)) from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    rows = []
+    for row in reader:
+        rows.append((reader.line_num, row))
+    if not rows or not set(columns) <= set(reader.fieldnames or ()):
+        raise CorpusError(f"{path}: needs a header {','.join(columns)} and at least one row")
+    return rows
 
 
 def read_reference(path):
-    """(times s, F0 Hz) of a reference CSV with `time` and `f0` columns in any order."""
-    try:
-        table = np.atleast_1d(np.genfromtxt(path, delimiter=",", names=True, dtype=np.float64))
-        times, f0 = table["time"], table["f0"]
-    except (OSError, ValueError) as error:
-        raise CorpusError(f"{path}: unreadable reference ({str(error).splitlines()[0]}); "
-                          "it needs a header with time and f0 columns") from None
-    return times, np.nan_to_num(f0, nan=0.0)
+    """(times s, F0 Hz) of a reference CSV with `time` and `f0` columns in any order (F0 0 or nan = unvoiced)."""
+    rows = read_csv_rows(path, ("time", "f0"), "reference")
+    table = np.zeros((len(rows), 2))
+    for index, (line, row) in enumerate(rows):
+        try:
+            table[index] = [float(row["time"]), float(row["f0"])]
+        except (TypeError, ValueError):  # a short row gives None, text gives ValueError
+            raise CorpusError(f"{path}:{line}: time {row['time']!r}, f0 {row['f0']!r} is not a pair of numbers; "
+                              "every row is a time in s and an F0 in Hz (0 = unvoiced)") from None
+        if not math.isfinite(table[index, 0]):
+            raise CorpusError(f"{path}:{line}: time {row['time']!r} is not a finite number of seconds")
+    return table[:, 0], np.nan_to_num(table[:, 1], nan=0.0)
 
 
 def condition(clip_id):
@@ -164,10 +190,14 @@ def run_systems(clips, systems, save_predictions=None):
     """Per system, per clip: the aligned frames and timing, {system: [clip record]}."""
     records = {name: [] for name in systems}
     for number, clip in enumerate(tqdm(clips, desc="evaluate", unit="clip")):
+        where = clip.get("row", "manifest.csv")
+        if not os.path.isfile(clip["wav"]):
+            raise CorpusError(f"{where}: {clip['wav']}: audio file not found; fix the row's wav path (relative to "
+                              "the corpus folder) or restore the file")
         try:
             wave = load_audio(clip["wav"])
         except AudioError as error:
-            raise CorpusError(str(error)) from None
+            raise CorpusError(f"{where}: {error}") from None
         ref_times, ref_f0 = read_reference(clip["ref"])
         if number == 0:  # an untimed warm-up call: first-call setup (weights, thread pools) is not speed
             for predict in systems.values():
@@ -205,6 +235,29 @@ def score_rows(records, by_condition):
     return rows
 
 
+BAND_COLUMNS = ("N_FRAMES", "RPA", "GPE", "VUV_R")
+
+
+def band_rows(records):
+    """Per system, per reference-F0 band (metrics.F0_BANDS_HZ): frames, RPA, GPE and coverage (VUV_R)."""
+    rows = []
+    for system, clips in records.items():
+        pooled = (np.concatenate([r[key] for r in clips]) for key in ("ref_f0", "est_f0", "est_voiced"))
+        for band, metrics in band_metrics(*pooled).items():
+            rows.append({"system": system, "band_hz": band, **{key: metrics[key] for key in BAND_COLUMNS}})
+    return rows
+
+
+def format_band_table(rows):
+    width = max(len("system"), *(len(row["system"]) for row in rows))
+    lines = [f"{'system':<{width}}  {'band_hz':<9} {'frames':>8} {'RPA':>7} {'GPE':>7} {'coverage':>9}"]
+    lines.append("-" * len(lines[0]))
+    for row in rows:
+        lines.append(f"{row['system']:<{width}}  {row['band_hz']:<9} {row['N_FRAMES']:>8} {row['RPA']:>7.1f} "
+                     f"{row['GPE']:>7.1f} {row['VUV_R']:>9.1f}")
+    return "\n".join(lines)
+
+
 def format_table(rows):
     width = max(len("system"), *(len(row["system"]) for row in rows))
     header = f"{'system':<{width}}  {'condition':<9} {'clips':>5} " + " ".join(f"{c:>10}" for c in TABLE_COLUMNS)
@@ -221,14 +274,23 @@ def json_safe(value):
 
 
 def write_results(out, rows, reference, settings):
+    """results.csv and results.json in `out`, each written atomically (never half a file)."""
     os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "results.csv"), "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    with open(os.path.join(out, "results.json"), "w", encoding="utf-8") as handle:
-        json.dump({"reference": os.path.abspath(reference), "systems": settings,
-                   "rows": [{k: json_safe(v) for k, v in row.items()} for row in rows]}, handle, indent=1)
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomically(os.path.join(out, "results.csv"), table.getvalue().encode())
+    document = {"reference": os.path.abspath(reference), "systems": settings,
+                "rows": [{k: json_safe(v) for k, v in row.items()} for row in rows]}
+    write_atomically(os.path.join(out, "results.json"), json.dumps(document, indent=1).encode())
+
+
+def write_error(error):
+    """One line for an output that could not be written."""
+    if error.filename is None:
+        return str(error).splitlines()[0]  # infer.OutputError: already names the file
+    return f"{error.filename}: cannot write ({error.strerror or error}); check --out / --save-predictions"
 
 
 @click.command()
@@ -237,13 +299,14 @@ def write_results(out, rows, reference, settings):
               help="a checkpoint to score (repeatable)")
 @click.option("--backends", default="", help=f"comma-separated: {', '.join(BACKEND_SYSTEMS)}")
 @click.option("--by-condition", is_flag=True, help="also one row per condition (id suffix)")
+@click.option("--by-band", is_flag=True, help="also RPA, GPE and coverage per reference-F0 band (50-1000 Hz)")
 @click.option("--out", type=click.Path(file_okay=False), help="write results.csv and results.json here")
 @click.option("--save-predictions", type=click.Path(file_okay=False),
               help="write <system>/<id>.csv (time,f0,voiced) per clip here")
 @click.option("--device", default="auto", show_default=True, help="for checkpoints: auto | cpu | cuda | cuda:N")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
               help="torch CPU threads while predicting (the speed column depends on it)")
-def main(reference, checkpoints, backends, by_condition, out, save_predictions, device, threads):
+def main(reference, checkpoints, backends, by_condition, by_band, out, save_predictions, device, threads):
     """Score checkpoints and F0 backends against a reference corpus with known F0 (manifest.csv with
     id,wav,ref and one time,f0 CSV per clip); one row per system, and per condition with --by-condition.
     """
@@ -253,6 +316,9 @@ def main(reference, checkpoints, backends, by_condition, out, save_predictions, 
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
+        for folder in (out, save_predictions):  # an unwritable output folder fails before the evaluation
+            if folder:
+                os.makedirs(folder, exist_ok=True)
         clips = read_manifest(reference)
         systems, settings = {}, {}
         for path in checkpoints:
@@ -262,12 +328,19 @@ def main(reference, checkpoints, backends, by_condition, out, save_predictions, 
         records = run_systems(clips, systems, save_predictions)
     except (ValueError, ImportError) as error:  # CorpusError, CheckpointError, backend settings, packages
         raise click.ClickException(str(error).splitlines()[0]) from None
+    except OSError as error:
+        raise click.ClickException(write_error(error)) from None
     finally:
         torch.set_num_threads(previous_threads)  # the command may run inside another program (tests)
     rows = score_rows(records, by_condition)
     click.echo(format_table(rows))
+    if by_band:
+        click.echo(format_band_table(band_rows(records)))
     if out:
-        write_results(out, rows, reference, settings)
+        try:
+            write_results(out, rows, reference, settings)
+        except OSError as error:
+            raise click.ClickException(write_error(error)) from None
         click.echo(f"wrote {os.path.join(out, 'results.csv')} and results.json")
 
 

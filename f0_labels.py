@@ -3,9 +3,17 @@
     python f0_labels.py --config_path Configs/config.yml [--workers N]
 
 A clip's label is one cache file beside its audio (or under `f0_params.cache_dir`):
-`<name>.f0-<hash8>.npy`, float32 Hz on the model grid (audio.py), 0 = unvoiced, plus a `.json` sidecar
-with its checksum, the audio's identity and the settings that produced it. `hash8` is a hash of every
-setting that decides the contour, so changing one never reuses a stale label.
+`<name>.f0-<hash8>.npy`, float32 Hz on the model grid (audio.py), 0 = unvoiced, NaN = uncertain (the
+trackers disagree: consensus mode), plus a `.json` sidecar with its checksum, the audio's identity (size,
+mtime and a fingerprint of its content), the package versions and the settings that produced it. `hash8`
+is a hash of every setting that decides the contour, so changing one never reuses a stale label.
+
+`f0_params.mode` picks how the enabled trackers make one label: `cascade` takes the first tracker in
+`backend_order` that finds enough voicing; `consensus` runs them all and keeps a frame only where at least
+`consensus.min_agree` of them agree (see consensus_f0).
+
+While a process computes a label it holds `<label>.claim` (created exclusively); a second process labelling
+the same file waits for that result instead of computing it again, and takes over a claim whose owner died.
 
 `label_settings(f0_params)` resolves the config block once (enabled backends that import, the cache key,
 the package versions); everything else here takes those frozen settings.
@@ -40,7 +48,14 @@ logger = logging.getLogger("pitchextractor.f0_labels")
 # Backend settings that change how a contour is computed, not the contour, so they stay out of the cache key.
 RUNTIME_ONLY_KEYS = frozenset({"enabled", "batch_size", "device"})
 # Part of the cache key: bump when the cache layout or the grid conversion changes.
-CACHE_FORMAT = 1
+# 2: NaN = uncertain frames (consensus mode); audio identity with a content fingerprint.
+CACHE_FORMAT = 2
+LABEL_MODES = ("cascade", "consensus")
+# Bytes hashed from each end of an audio file for its fingerprint: cheap, and any re-encoding changes them.
+FINGERPRINT_BYTES = 64 * 1024
+# A claim not touched for this long, whose owner cannot be checked (another host), is taken over.
+CLAIM_STALE_SECONDS = 900.0
+CLAIM_POLL_SECONDS = 0.2
 
 
 # ----------------------------------------------------------------------------------------------
@@ -116,12 +131,23 @@ def label_settings(f0_params):
     if isinstance(f0_params, LabelSettings):
         return f0_params
     backends = tuple(check_backends(f0_params))
+    mode = f0_params["mode"]
+    if mode not in LABEL_MODES:
+        raise ValueError(f"dataset_params.f0_params.mode is {mode!r}; use one of {', '.join(LABEL_MODES)}")
     effective = {
         "format": CACHE_FORMAT,
         "grid": [SAMPLE_RATE, HOP_LENGTH],
+        "mode": mode,
         "min_voiced_frames": f0_params["min_voiced_frames"],
         "backends": [[name, result_settings(f0_params, name)] for name in enabled_backends(f0_params)],
     }
+    if mode == "consensus":
+        min_agree = f0_params["consensus"]["min_agree"]
+        if not 1 <= min_agree <= len(backends):
+            raise RuntimeError(
+                f"dataset_params.f0_params.consensus.min_agree is {min_agree} but {len(backends)} F0 backends are "
+                f"available ({', '.join(backends)}); enable and install more backends or lower min_agree")
+        effective["consensus"] = dict(sorted(f0_params["consensus"].items()))
     digest = hashlib.sha1(json.dumps(effective, sort_keys=True).encode()).hexdigest()[:8]
     versions = {BACKEND_PACKAGES[name][1]: importlib.metadata.version(BACKEND_PACKAGES[name][1]) for name in backends}
     return LabelSettings(f0_params, backends, effective, digest, versions, f0_params.get("cache_dir"),
@@ -133,13 +159,44 @@ def label_settings(f0_params):
 # ----------------------------------------------------------------------------------------------
 
 
-def compute_f0(audio, settings):
-    """(F0, backend) from the first available backend with >= min_voiced_frames voiced frames.
+def consensus_f0(contours, min_agree, tolerance_cents):
+    """One label from several trackers' contours (K, T) in Hz (0 = unvoiced).
 
-    When every backend falls short: (all-zero F0, None).
+    A frame is voiced where at least `min_agree` trackers are voiced within `tolerance_cents` of one of them
+    (the one with the most such neighbours); its F0 is the geometric mean of that group. It is unvoiced where
+    at least `min_agree` trackers say unvoiced and no such voiced group exists. Everything else is NaN
+    (uncertain): the trackers contest its voicing or its pitch.
+    """
+    contours = np.asarray(contours, dtype=np.float64)
+    voiced = contours > 0
+    log_f0 = np.log2(np.where(voiced, contours, 1.0))
+    # near[i, j, t]: trackers i and j are both voiced at t and within the tolerance of each other.
+    near = voiced[:, None] & voiced[None, :] & (1200.0 * np.abs(log_f0[:, None] - log_f0[None, :]) <= tolerance_cents)
+    centre = near.sum(axis=1).argmax(axis=0)
+    group = np.take_along_axis(near, centre[None, None, :], axis=0)[0]
+    agreed = group.sum(axis=0) >= min_agree
+    mean_log = np.where(group, log_f0, 0.0).sum(axis=0) / np.maximum(group.sum(axis=0), 1)
+    unvoiced_agreed = (~voiced).sum(axis=0) >= min_agree
+    label = np.where(agreed, np.exp2(mean_log), np.where(unvoiced_agreed, 0.0, np.nan))
+    return np.where(agreed & unvoiced_agreed, np.nan, label).astype(np.float32)
+
+
+def compute_f0(audio, settings):
+    """(F0, backend) for one clip under these settings' mode.
+
+    cascade: the first available backend with >= min_voiced_frames voiced frames. consensus: every available
+    backend, combined by consensus_f0 (backend "consensus"). When the result falls short of
+    min_voiced_frames: (all-zero F0, None).
     """
     settings = label_settings(settings)
     bar = settings.f0_params["min_voiced_frames"]
+    if settings.f0_params["mode"] == "consensus":
+        options = settings.f0_params["consensus"]
+        contours = [BACKENDS[name](audio, **backend_options(settings.f0_params, name)) for name in settings.backends]
+        f0 = consensus_f0(contours, options["min_agree"], options["tolerance_cents"])
+        if count_voiced(f0) >= bar:
+            return f0, "consensus"
+        return np.zeros(num_frames(len(audio)), dtype=np.float32), None
     for name in settings.backends:
         f0 = BACKENDS[name](audio, **backend_options(settings.f0_params, name))
         if count_voiced(f0) >= bar:
@@ -169,12 +226,20 @@ def cache_paths(path, settings):
 
 
 def _audio_identity(path):
+    """Size, mtime and a content fingerprint (SHA-1 of the first and last 64 KiB and the size)."""
     require_file(path)
     stat = os.stat(path)
-    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    digest = hashlib.sha1(str(stat.st_size).encode())
+    with open(path, "rb") as handle:
+        digest.update(handle.read(FINGERPRINT_BYTES))
+        if stat.st_size > FINGERPRINT_BYTES:
+            handle.seek(max(stat.st_size - FINGERPRINT_BYTES, FINGERPRINT_BYTES))
+            digest.update(handle.read())
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "fingerprint": digest.hexdigest()}
 
 
 def _checksum(f0):
+    # Bytes, not values: NaN (uncertain) frames checksum like any other.
     return zlib.crc32(np.ascontiguousarray(f0, dtype=np.float32).tobytes())
 
 
@@ -204,7 +269,7 @@ def _write_cache(path, settings, f0, backend, n_samples, identity):
     meta = {
         "status": "ok" if backend else "failed",
         "backend": backend,
-        "backend_settings": result_settings(settings.f0_params, backend) if backend else None,
+        "backend_settings": result_settings(settings.f0_params, backend) if backend in BACKENDS else None,
         "settings_hash": settings.hash,
         "settings": settings.effective,
         "versions": settings.versions,
@@ -212,6 +277,7 @@ def _write_cache(path, settings, f0, backend, n_samples, identity):
         "samples": n_samples,
         "frames": int(f0.size),
         "voiced_fraction": count_voiced(f0) / f0.size,
+        "uncertain_fraction": float(np.isnan(f0).mean()),
         "crc32": _checksum(f0),
     }
     try:
@@ -225,24 +291,97 @@ def _write_cache(path, settings, f0, backend, n_samples, identity):
     return meta
 
 
+def _stale_claim_inode(claim_path):
+    """The claim file's inode when its owner is gone (a dead process on this host, or no touch for
+    CLAIM_STALE_SECONDS), else None."""
+    try:
+        with open(claim_path, encoding="utf-8") as handle:
+            inode, age = os.fstat(handle.fileno()).st_ino, time.time() - os.fstat(handle.fileno()).st_mtime
+            owner = json.loads(handle.read())
+    except FileNotFoundError:
+        return None  # released meanwhile: not stale, just gone
+    except ValueError:
+        return inode  # unreadable, although a claim is linked into place whole: garbage
+    if isinstance(owner, dict) and owner.get("host") == os.uname().nodename and isinstance(owner.get("pid"), int):
+        try:
+            os.kill(owner["pid"], 0)
+        except ProcessLookupError:
+            return inode
+        except PermissionError:
+            pass  # alive, another user's
+    return inode if age > CLAIM_STALE_SECONDS else None
+
+
+def _try_claim(claim_path):
+    """True when this process now owns `claim_path` (created exclusively); a stale claim is taken over."""
+    owner = json.dumps({"host": os.uname().nodename, "pid": os.getpid(), "time": time.time()}).encode()
+    draft = f"{claim_path}.{os.getpid()}.tmp"
+    with open(draft, "wb") as handle:
+        handle.write(owner)
+    try:
+        os.link(draft, claim_path)  # atomic and exclusive: a claim exists only with its owner written in it
+        return True
+    except FileExistsError:
+        pass
+    finally:
+        os.unlink(draft)
+    stale = _stale_claim_inode(claim_path)
+    if stale is None:
+        return False
+    # Rename first: of several processes that found the same stale claim, exactly one moves it away. One
+    # that moved a fresh claim instead (another process took over first) puts it back and waits.
+    grave = f"{claim_path}.stale-{os.getpid()}"
+    try:
+        os.rename(claim_path, grave)
+    except FileNotFoundError:
+        return False
+    if os.stat(grave).st_ino != stale:
+        with contextlib.suppress(FileExistsError):
+            os.link(grave, claim_path)
+        os.unlink(grave)
+        return False
+    os.unlink(grave)
+    return _try_claim(claim_path)
+
+
 def label_file(path, settings, audio=None):
     """(F0, sidecar, computed) for one file: the cache when it is valid, else a fresh contour written to it.
 
-    `audio` (as load_audio returns it) saves a second read when the caller already has the clip.
+    `audio` (as load_audio returns it) saves a second read when the caller already has the clip. While
+    another live process holds the label's claim, this one waits for its result (computed False).
     """
     path, settings = os.fspath(path), label_settings(settings)
     identity = _audio_identity(path)
     array_path, sidecar_path = cache_paths(path, settings)
-    cached = _load_valid_cache(array_path, sidecar_path, {"settings_hash": settings.hash, "audio": identity})
-    if cached:
-        return (*cached, False)
-    if audio is None:
-        audio = load_audio(path)
-    f0, backend = compute_f0(audio, settings)
-    if backend is None:
-        logger.warning("%s: no F0 backend found %d voiced frames; caching an all-zero contour marked failed",
-                       path, settings.f0_params["min_voiced_frames"])
-    return f0, _write_cache(path, settings, f0, backend, len(audio), identity), True
+    expected = {"settings_hash": settings.hash, "audio": identity, "versions": settings.versions}
+    claim_path = array_path[: -len(".npy")] + ".claim"
+    while True:
+        cached = _load_valid_cache(array_path, sidecar_path, expected)
+        if cached:
+            return (*cached, False)
+        try:
+            os.makedirs(os.path.dirname(array_path), exist_ok=True)
+            claimed = _try_claim(claim_path)
+        except OSError as error:
+            raise OSError(f"{path}: cannot write its F0 cache {array_path} ({error.strerror or error}); "
+                          "set dataset_params.f0_params.cache_dir to a writable folder") from None
+        if claimed:
+            break
+        time.sleep(CLAIM_POLL_SECONDS)
+    try:
+        cached = _load_valid_cache(array_path, sidecar_path, expected)  # finished just before our claim
+        if cached:
+            return (*cached, False)
+        if audio is None:
+            audio = load_audio(path)
+        f0, backend = compute_f0(audio, settings)
+        if backend is None:
+            logger.warning("%s: no F0 label with %d voiced frames; caching an all-zero contour marked failed",
+                           path, settings.f0_params["min_voiced_frames"])
+        return f0, _write_cache(path, settings, f0, backend, len(audio), identity), True
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(claim_path)
 
 
 def cached_f0(path, settings, audio=None):

@@ -7,6 +7,7 @@ filterbank is laid out for 16 kHz although the audio is 24 kHz, because the host
 import functools
 import math
 
+import numpy as np
 import torch
 import torchaudio
 
@@ -26,6 +27,14 @@ def _mel_transform(device="cpu"):
     # Exactly the hosts' call: every other argument at torchaudio's default (sample_rate=16000!).
     transform = torchaudio.transforms.MelSpectrogram(n_mels=N_MELS, n_fft=N_FFT, win_length=WIN_LENGTH,
                                                      hop_length=HOP_LENGTH)
+    return transform.to(device)
+
+
+@functools.lru_cache(maxsize=None)
+def _framed_mel_transform(device):
+    # The same transform on input that already carries its reflect padding (see padded_crop).
+    transform = torchaudio.transforms.MelSpectrogram(n_mels=N_MELS, n_fft=N_FFT, win_length=WIN_LENGTH,
+                                                     hop_length=HOP_LENGTH, center=False)
     return transform.to(device)
 
 
@@ -60,3 +69,37 @@ def item_mels(wave, start_frame=0, frames=None):
     frames = total - start_frame if frames is None else frames
     segment, offset = crop_wave(wave, start_frame, frames)
     return mel_spectrogram(segment)[:, offset: offset + frames]
+
+
+def padded_crop(wave, start_frame, frames, scale=1.0):
+    """The samples mel frames [start_frame, start_frame + frames) of the whole clip see, its edges
+    reflect-padded as the hosts' transform pads them: ((frames - 1) * 300 + 2048,) float32.
+
+    `mel_from_padded` of a batch of these equals `mel_spectrogram` of the whole clips, cropped. `wave` may
+    be an int16 memmap (only the samples needed are read); the result is multiplied by `scale`.
+    """
+    n = len(wave)
+    if n < MIN_SAMPLES:  # as mel_spectrogram: zero-padded first
+        wave = np.pad(np.asarray(wave), (0, MIN_SAMPLES - n))
+    first, end = start_frame * HOP_LENGTH - N_FFT // 2, (start_frame + frames - 1) * HOP_LENGTH + N_FFT // 2
+    if first >= 0 and end <= len(wave):  # inside the clip (most training crops): a plain slice
+        segment = wave[first:end]
+    else:  # reflect at the clip's edges, as torch's reflect padding does
+        last = len(wave) - 1
+        index = np.abs(np.arange(first, end))
+        segment = wave[np.where(index > last, 2 * last - index, index)]
+    return np.asarray(segment, dtype=np.float32) * np.float32(scale)
+
+
+def padded_samples(frames):
+    """Samples in a padded crop of `frames` mel frames (padded_crop's length)."""
+    return (frames - 1) * HOP_LENGTH + N_FFT
+
+
+def mel_from_padded(padded, valid=None):
+    """Padded crops (B, S) on any device -> normalised log-mel (B, 80, 1 + (S - 2048) // 300) there.
+
+    Frames where `valid` (B, T) is False are set to PAD_MEL, the mel of silence, as batch padding.
+    """
+    mel = (torch.log(1e-5 + _framed_mel_transform(str(padded.device))(padded)) - MEL_MEAN) / MEL_STD
+    return mel if valid is None else torch.where(valid[:, None, :], mel, PAD_MEL)

@@ -12,11 +12,14 @@ list file (`filename|anything` per line). Per input file, in DIR:
     <name>.npy   (--format npy) the same as a structured array with fields time (float64), f0 (float32),
                  voiced (uint8), voiced_prob (float32): `np.load(path)["f0"]`
     <name>.png   (--plot) the contour over the clip's low-frequency spectrogram, P(voiced) below it
-<name> is the file's stem; inputs that share a stem are named by their path relative to those inputs'
-common folder, `/` written `__`, extension kept (`spk1__a.wav`), so no output overwrites another.
+<name> is the file's stem; inputs whose names would clash (a shared stem, or `a.wav` beside `a.wav.flac`)
+are named by their path relative to those inputs' common folder, `/` written `__`, extension kept
+(`spk1__a.wav`), so no output overwrites another.
 
 Frames are the model's grid (24 kHz, hop 300: 12.5 ms, 1 + N // 300 frames). A file that cannot be read
-is reported on one line and skipped; the others are written, and the exit status is then 1.
+is reported on one line and skipped; the others are written, and the exit status is then 1. Outputs are
+written atomically (temporary file + rename): a full disk or an unwritable --out stops the command with one
+line naming the file (exit status 1), and no file is left half-written.
 Without --checkpoint, pretrained/jdc_lstm.pth beside this file is used when it is shipped.
 
 Python:
@@ -29,7 +32,9 @@ frame comes from a window that gives it CONTEXT_SECONDS of input on both sides (
 edge), so the result matches one pass over the whole file (within 1 cent in the tests) at bounded memory.
 """
 import collections
+import concurrent.futures
 import functools
+import io
 import itertools
 import os
 import time as timer
@@ -41,9 +46,9 @@ import torch
 from tqdm import tqdm
 
 from audio import (AudioError, FRAMES_PER_SECOND, HOP_LENGTH, SAMPLE_RATE, frame_times, load_audio, num_frames,
-                   read_file_list, to_model_rate)
+                   read_file_list, to_model_rate, write_atomically)
 from devices import resolve_device
-from features import N_MELS, PAD_MEL, item_mels
+from features import mel_from_padded, padded_crop, padded_samples
 from model import (DEFAULT_VUV_THRESHOLD, CheckpointError, build_model, checkpoint_model_params, load_checkpoint,
                    voiced)
 
@@ -52,12 +57,16 @@ CHUNK_SECONDS = 30.0
 # Both sequence models see the whole window: the BiLSTM carries state across it and the Transformer
 # attends over it, so a frame needs seconds of context on each side to come out as in one pass.
 CONTEXT_SECONDS = 4.0
-# Windows are padded with silence to a multiple of PAD_MULTIPLE frames and only windows of one padded
-# length share a batch, so a file's result never depends on which other files were in its batch. The
-# padding is at least MIN_PAD_FRAMES, twice the CNN's reach of 8 frames: the last frames of a clip then
-# always see silence after it, never the convolutions' zero padding, however long the window is.
-PAD_MULTIPLE = 32
+# Windows are padded with silence and only windows of one padded length share a batch, so a file's result
+# never depends on which other files were in its batch. The padding is at least MIN_PAD_FRAMES, twice the
+# CNN's reach of 8 frames: the last frames of a clip then always see silence after it, never the
+# convolutions' zero padding, however long the window is. Lengths are rounded up to a multiple of
+# PAD_MULTIPLE frames (100 ms), so files of similar length share a forward pass (on a GPU, pass a large
+# --batch-size to label a corpus) while a window alone wastes at most 7 frames beyond MIN_PAD_FRAMES. The
+# rule is the same on every device, so CPU and GPU results agree.
+PAD_MULTIPLE = 8
 MIN_PAD_FRAMES = 16
+PREFETCH_FILES = 4  # files decoded ahead, in a background thread, while the model runs
 AUDIO_EXTENSIONS = frozenset(
     {f".{name.lower()}" for name in sf.available_formats() if name != "RAW"} | {".aif", ".oga", ".opus"})
 CSV_FORMATS = {"time": "%.4f", "f0": "%.3f", "voiced": "%d", "voiced_prob": "%.4f"}
@@ -165,25 +174,30 @@ class Predictor:
         windows = [(clip, *span) for clip, wave in enumerate(waves)
                    for span in chunk_windows(num_frames(len(wave)), self.window, self.context)]
         windows.sort(key=lambda w: padded_length(w[2] - w[1]))
-        for _, same_length in itertools.groupby(windows, key=lambda w: padded_length(w[2] - w[1])):
+        for padded, same_length in itertools.groupby(windows, key=lambda w: padded_length(w[2] - w[1])):
             same_length = list(same_length)
             for first in range(0, len(same_length), self.batch_size):
                 batch = same_length[first: first + self.batch_size]
-                mels = [item_mels(waves[clip], start, end - start) for clip, start, end, _, _ in batch]
-                f0, voiced_prob = self._forward(mels)
+                crops = [padded_crop(waves[clip], start, end - start) for clip, start, end, _, _ in batch]
+                f0, voiced_prob = self._forward(crops, [end - start for _, start, end, _, _ in batch], padded)
                 for row, (clip, start, _, keep_start, keep_end) in enumerate(batch):
                     kept = slice(keep_start - start, keep_end - start)
                     results[clip][0][keep_start:keep_end] = f0[row, kept]
                     results[clip][1][keep_start:keep_end] = voiced_prob[row, kept]
         return results
 
-    @torch.no_grad()
-    def _forward(self, mels):
-        """Mels (80, T_i) of one padded length -> (F0, P(voiced)) numpy arrays (B, padded T)."""
-        batch = torch.full((len(mels), 1, N_MELS, padded_length(max(m.shape[-1] for m in mels))), PAD_MEL)
-        for row, mel in enumerate(mels):
-            batch[row, 0, :, : mel.shape[-1]] = mel
-        f0, logit = self.model(batch.to(self.device))
+    @torch.inference_mode()
+    def _forward(self, crops, frames, padded):
+        """Padded crops (features.padded_crop) of windows of `frames` -> (F0, P(voiced)) (B, padded) arrays.
+
+        The mels are computed on the model's device, padding frames set to the mel of silence.
+        """
+        waves = torch.zeros(len(crops), padded_samples(padded))
+        for row, crop in enumerate(crops):
+            waves[row, : len(crop)] = torch.from_numpy(crop)
+        valid = torch.arange(padded)[None, :] < torch.tensor(frames)[:, None]
+        mel = mel_from_padded(waves.to(self.device, non_blocking=True), valid.to(self.device))
+        f0, logit = self.model(mel[:, None])
         return f0.float().cpu().numpy(), torch.sigmoid(logit.float()).cpu().numpy()
 
 
@@ -219,27 +233,60 @@ def collect_inputs(inputs):
 
 
 def output_names(paths):
-    """Output base name per path: its stem, or for stems shared by several paths, the path relative to
-    those paths' common folder with the extension kept and `/` written `__` (distinct for distinct files)."""
-    stems = [os.path.splitext(os.path.basename(path))[0] for path in paths]
-    counts = collections.Counter(stems)
-    shared = [os.path.abspath(path) for path, stem in zip(paths, stems) if counts[stem] > 1]
-    common = os.path.commonpath([os.path.dirname(path) for path in shared]) if shared else ""
-    return [stem if counts[stem] == 1 else os.path.relpath(os.path.abspath(path), common).replace(os.sep, "__")
-            for path, stem in zip(paths, stems)]
+    """Output base name per path, distinct for distinct files: its stem, or where that name clashes with
+    another's, the path relative to the clashing paths' common folder with the extension kept and `/`
+    written `__` (`a.wav`, `sub__a.wav`, and `a.wav.flac` beside them); a name still taken gets `~2`, `~3`..."""
+    absolute = [os.path.abspath(path) for path in paths]
+    names = [os.path.splitext(os.path.basename(path))[0] for path in paths]
+    by_path = set()  # indices named by their relative path
+    while True:
+        counts = collections.Counter(names)
+        clashing = {i for i, name in enumerate(names) if counts[name] > 1} - by_path
+        if not clashing:
+            break
+        by_path |= clashing
+        common = os.path.commonpath([os.path.dirname(absolute[i]) for i in by_path])
+        for i in by_path:
+            names[i] = os.path.relpath(absolute[i], common).replace(os.sep, "__")
+    taken = set()
+    for i, name in enumerate(names):  # distinct files whose relative names still meet (`a__b` and `a/b`)
+        unique, number = name, 1
+        while unique in taken:
+            number += 1
+            unique = f"{name}~{number}"
+        names[i] = unique
+        taken.add(unique)
+    return names
+
+
+class OutputError(OSError):
+    """An output file that could not be written; the message is one line naming it."""
+
+
+def write_output(path, payload):
+    """Bytes to `path` atomically (a full disk leaves the old file or none, never a truncated one that looks
+    complete); an OutputError naming `path` when it fails."""
+    try:
+        write_atomically(path, payload)
+    except OSError as error:
+        raise OutputError(f"{path}: cannot write ({error.strerror or error})") from None
 
 
 def write_csv(path, columns):
-    """Columns (name -> 1-D array, names from CSV_FORMATS) as a CSV with a header row."""
-    np.savetxt(path, np.column_stack([np.asarray(v, dtype=np.float64) for v in columns.values()]),
+    """Columns (name -> 1-D array, names from CSV_FORMATS) as a CSV with a header row, written atomically."""
+    buffer = io.BytesIO()
+    np.savetxt(buffer, np.column_stack([np.asarray(v, dtype=np.float64) for v in columns.values()]),
                fmt=[CSV_FORMATS[name] for name in columns], delimiter=",", header=",".join(columns), comments="")
+    write_output(path, buffer.getvalue())
 
 
 def write_npy(path, columns):
     table = np.zeros(len(columns["time"]), dtype=NPY_DTYPE)
     for name, values in columns.items():
         table[name] = values
-    np.save(path, table)
+    buffer = io.BytesIO()
+    np.save(buffer, table)
+    write_output(path, buffer.getvalue())
 
 
 def write_outputs(out, name, wave, f0, voiced_prob, vuv_threshold, fmt, plot):
@@ -250,30 +297,58 @@ def write_outputs(out, name, wave, f0, voiced_prob, vuv_threshold, fmt, plot):
     if plot:
         from plots import f0_figure  # matplotlib only when plotting
 
+        buffer = io.BytesIO()
         f0_figure([{"title": name, "f0": f0, "prob": voiced_prob, "wave": wave}], vuv_threshold).savefig(
-            f"{base}.png", dpi=100)
+            buffer, format="png", dpi=100)
+        write_output(f"{base}.png", buffer.getvalue())
+
+
+def _load_or_error(path):
+    try:
+        return load_audio(path)
+    except AudioError as error:
+        return error
+
+
+def decoded_ahead(paths, ahead=PREFETCH_FILES):
+    """load_audio of each path, in order (its AudioError in place of the wave), decoding up to `ahead` files
+    in a background thread while the caller runs the model."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        queue = collections.deque(pool.submit(_load_or_error, path) for path in paths[:ahead])
+        for path in paths[ahead:]:
+            yield queue.popleft().result()
+            queue.append(pool.submit(_load_or_error, path))
+        while queue:
+            yield queue.popleft().result()
 
 
 def run_inference(predictor, paths, out, fmt="csv", plot=False, progress=None):
     """Write the outputs of every readable path; returns (failed paths, audio seconds done).
 
     Files are loaded until about one batch of full windows is pending, then predicted together, so memory
-    stays bounded however many files there are.
+    stays bounded however many files there are. A file that cannot be written (full disk, unwritable --out)
+    stops the run with an OutputError naming it: what was written before it is complete.
     """
-    os.makedirs(out, exist_ok=True)
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as error:
+        raise OutputError(f"{out}: cannot create the output folder ({error.strerror or error})") from None
     block_samples = predictor.batch_size * predictor.window * HOP_LENGTH
-    pending, pending_samples, failed, audio_seconds = [], 0, [], 0.0
+    pending, pending_samples, failed, audio_seconds, written = [], 0, [], 0.0, [0]
 
     def flush():
         results = predictor.predict_clips([wave for _, wave in pending])
         for (name, wave), (f0, voiced_prob) in zip(pending, results):
-            write_outputs(out, name, wave, f0, voiced_prob, predictor.vuv_threshold, fmt, plot)
+            try:
+                write_outputs(out, name, wave, f0, voiced_prob, predictor.vuv_threshold, fmt, plot)
+            except OutputError as error:
+                raise OutputError(f"{error}; the {written[0]} file(s) written before it are complete, it and the "
+                                  "rest were not written: free space or fix --out and run again") from None
+            written[0] += 1
 
-    for path, name in zip(paths, output_names(paths)):
-        try:
-            wave = load_audio(path)
-        except AudioError as error:
-            click.echo(f"error: {error}", err=True)
+    for path, name, wave in zip(paths, output_names(paths), decoded_ahead(paths)):
+        if isinstance(wave, AudioError):
+            click.echo(f"error: {wave}", err=True)
             failed.append(path)
         else:
             pending.append((name, wave))
@@ -327,8 +402,11 @@ def main(inputs, checkpoint, out, fmt, plot, device, batch_size, chunk_seconds):
     if not paths:
         raise click.ClickException(f"no audio files in {', '.join(inputs)}")
     start = timer.perf_counter()
-    with tqdm(total=len(paths), desc="infer", unit="file", disable=len(paths) < 2) as progress:
-        failed, audio_seconds = run_inference(predictor, paths, out, fmt, plot, progress)
+    try:
+        with tqdm(total=len(paths), desc="infer", unit="file", disable=len(paths) < 2) as progress:
+            failed, audio_seconds = run_inference(predictor, paths, out, fmt, plot, progress)
+    except OutputError as error:
+        raise click.ClickException(str(error)) from None
     seconds = timer.perf_counter() - start
     click.echo(f"wrote {len(paths) - len(failed)} file(s) to {out}: {audio_seconds:.1f} s of audio in "
                f"{seconds:.1f} s ({audio_seconds / max(seconds, 1e-9):.1f}x real time)")

@@ -1,14 +1,18 @@
 """What is optimised: L_total = L_f0 + λ·L_vuv.
 
 Shapes: every tensor is (B, T) on the 12.5 ms frame grid. Predictions are `f0_hz` (Hz) and `voiced_logit`
-(sigmoid = P(voiced)); labels are `f0` (Hz, 0 = unvoiced), `voiced` (bool) and `valid` (bool, False on padding).
+(sigmoid = P(voiced)); labels are `f0` (Hz, 0 = unvoiced), `voiced` (bool), `valid` (bool, False on padding) and `certain` (bool,
+False where the label is uncertain: consensus labels whose trackers disagree, NaN in the cache).
 
 Masks:
-- L_f0 sees only frames that are voiced and valid: an unvoiced label has no pitch to regress to, and padding
-  is not audio. Other frames contribute neither to the value nor to the gradient.
-- L_vuv sees every valid frame.
+- L_f0 sees only frames that are voiced, certain and valid: an unvoiced label has no pitch to regress to,
+  a contested one no trustworthy pitch, and padding is not audio. Other frames contribute neither to the
+  value nor to the gradient.
+- L_vuv sees every valid frame whose label is certain (an uncertain frame's voicing is contested).
 Both are means over the frames they see, and 0 (still attached to the graph, so backward() works) when
 they see none. Losses are computed in float32 whatever the prediction dtype (autocast may hand us float16).
+Under torchrun the divisor is the whole job's count of such frames (the `denominator` argument), so N
+processes give the gradient of one process with all N batches.
 """
 import math
 
@@ -34,12 +38,18 @@ def log2_hz(hz):
     return torch.where(hz >= LOG_F0_FLOOR_HZ, above_floor, tangent)
 
 
-def mean_or_zero(values):
-    """Mean of the selected frames' losses; 0 with the graph intact when none are selected (a sum of nothing)."""
-    return values.sum() / max(values.numel(), 1)
+def mean_or_zero(values, denominator=None):
+    """Mean of the selected frames' losses; 0 with the graph intact when none are selected (a sum of nothing).
+
+    `denominator`: a function of the number of selected frames giving the divisor instead of max(n, 1);
+    distributed training passes one that counts the frames of every rank (distributed.share_of_global_count).
+    """
+    if denominator is None:
+        return values.sum() / max(values.numel(), 1)
+    return values.sum() / denominator(values.numel()).to(values.device)
 
 
-def f0_loss(pred_hz, target_hz, mask, kind):
+def f0_loss(pred_hz, target_hz, mask, kind, denominator=None):
     """F0 regression loss averaged over the frames in `mask` (voiced & valid).
 
     kind:
@@ -56,22 +66,25 @@ def f0_loss(pred_hz, target_hz, mask, kind):
         per_frame = 12.0 * (log2_hz(pred) - torch.log2(target)).abs()
     else:
         per_frame = UPSTREAM_SMOOTHL1_SCALE * F.smooth_l1_loss(pred, target, reduction="none", beta=1.0)
-    return mean_or_zero(per_frame)
+    return mean_or_zero(per_frame, denominator)
 
 
-def vuv_loss(voiced_logit, voiced, valid):
+def vuv_loss(voiced_logit, voiced, valid, denominator=None):
     """Binary cross-entropy of the voicing logit against the voiced label, averaged over valid frames (nats)."""
     valid = valid.bool()
     logit, label = voiced_logit[valid].float(), voiced[valid].float()
-    return mean_or_zero(F.binary_cross_entropy_with_logits(logit, label, reduction="none"))
+    return mean_or_zero(F.binary_cross_entropy_with_logits(logit, label, reduction="none"), denominator)
 
 
-def jdc_loss(f0_pred, voiced_logit, f0, voiced, valid, lambda_vuv, f0_loss_kind):
+def jdc_loss(f0_pred, voiced_logit, f0, voiced, valid, lambda_vuv, f0_loss_kind, denominator=None, certain=None):
     """L_total = L_f0 + lambda_vuv · L_vuv.
 
     Returns (total, {'f0': L_f0, 'vuv': L_vuv}); the parts are detached scalar tensors, for logging.
+    `denominator`: see mean_or_zero (each part divides by its own frames' count). `certain`: None = every
+    label is certain; else uncertain frames reach neither part.
     """
-    loss_f0 = f0_loss(f0_pred, f0, voiced.bool() & valid.bool(), f0_loss_kind)
-    loss_vuv = vuv_loss(voiced_logit, voiced, valid)
+    labelled = valid.bool() if certain is None else valid.bool() & certain.bool()
+    loss_f0 = f0_loss(f0_pred, f0, voiced.bool() & labelled, f0_loss_kind, denominator)
+    loss_vuv = vuv_loss(voiced_logit, voiced, labelled, denominator)
     total = loss_f0 + lambda_vuv * loss_vuv
     return total, {"f0": loss_f0.detach(), "vuv": loss_vuv.detach()}

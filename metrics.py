@@ -148,3 +148,26 @@ def calibrate_vuv_threshold(prob, voiced, steps, initial=0.5):
     f1 = f1_percent(tp, fp, voiced_probs.size - tp)
     best = np.lexsort((candidates, np.abs(candidates - initial), -f1))[0]
     return float(candidates[best]), float(f1[best])
+
+
+# Reference-F0 bands (Hz, [low, high)) of the range evaluation: low voices and creak, speech, high voices.
+F0_BANDS_HZ = ((0.0, 65.0), (65.0, 80.0), (80.0, 100.0), (100.0, 150.0), (150.0, 250.0), (250.0, 400.0),
+               (400.0, float("inf")))
+
+
+def band_name(low, high):
+    return f"<{high:g}" if low == 0 else (f">={low:g}" if high == float("inf") else f"{low:g}-{high:g}")
+
+
+def band_metrics(ref_f0, est_f0, est_voiced):
+    """{band name: pitch_metrics over the frames whose reference F0 lies in that band of F0_BANDS_HZ}.
+
+    Every such frame is reference-voiced, so per band RPA is its pitch accuracy, GPE its gross errors among
+    the frames the estimate calls voiced, and VUV_R its coverage (share of the band's frames called voiced).
+    """
+    ref_f0, est_f0, est_voiced = np.asarray(ref_f0), np.asarray(est_f0), np.asarray(est_voiced, dtype=bool)
+    bands = {}
+    for low, high in F0_BANDS_HZ:
+        frames = (ref_f0 > 0) & (ref_f0 >= low) & (ref_f0 < high)
+        bands[band_name(low, high)] = pitch_metrics(ref_f0[frames], est_f0[frames], est_voiced[frames])
+    return bands

@@ -228,9 +228,20 @@ def load_checkpoint(path):
     except Exception as error:  # torch.load raises many types for a damaged file; all mean "unreadable"
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({reason})") from None
-    if not isinstance(state, dict) or "net" not in state:
+    if not isinstance(state, dict) or not isinstance(state.get("net"), dict):
         raise CheckpointError(f"{path}: not a PitchExtractor/host checkpoint (no 'net' key)")
+    bad = nonfinite_tensors(state["net"])
+    if bad:
+        raise CheckpointError(f"{path}: {len(bad)} tensor(s) hold NaN or infinite weights ({', '.join(bad[:3])}"
+                              f"{', ...' if len(bad) > 3 else ''}): the run that wrote it diverged; use an earlier "
+                              "checkpoint")
     return state
+
+
+def nonfinite_tensors(state_dict):
+    """Names of the floating-point tensors of a state dict that hold a NaN or an infinity."""
+    return [key for key, value in state_dict.items()
+            if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all()]
 
 
 def checkpoint_model_params(state):
@@ -270,8 +281,10 @@ def main(src, dst):
     StarGANv2-VC / StyleTTS (their F0_path): {'net': ..., 'vuv_threshold': ...}."""
     try:
         export_host_checkpoint(src, dst)
-    except (ValueError, OSError) as err:
+    except ValueError as err:  # CheckpointError, not a host layout
         raise click.ClickException(str(err)) from None
+    except OSError as err:
+        raise click.ClickException(f"{err.filename or dst}: cannot write ({err.strerror or err})") from None
     click.echo(f"wrote {dst}")
 
 

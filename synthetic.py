@@ -18,6 +18,8 @@ from scipy.interpolate import PchipInterpolator
 from audio import FRAME_PERIOD_MS, HOP_LENGTH, SAMPLE_RATE, num_frames  # the repo's one frame grid
 from augment import db_to_amplitude, peak_limit, uniform
 
+F0_RANGE_HZ = (50.0, 1000.0)  # the vocal range every F0 component covers (pitch shifts stay inside it)
+
 # ---------------------------------------------------------------------------------------------
 # Small helpers
 # ---------------------------------------------------------------------------------------------
@@ -63,10 +65,12 @@ def draw_synthetic_kind(rng, synth_params):
 def pitch_shift_clip(audio, f0, rng, shift_params):
     """Pitch-shift a real clip by a random number of semitones and scale its F0 label to match.
 
-    audio: 24 kHz mono; f0: its label on the repo grid (Hz, 0 = unvoiced). The shift is uniform
-    in `semitones`, the gain uniform in `gain_db_range` (dB; the result is scaled down if it
-    would clip). Returns (audio float32 of the same length, f0 * 2**(st/12) float32, unvoiced
-    frames stay 0), or None when fewer than `min_voiced_fraction` of the frames are voiced.
+    audio: 24 kHz mono; f0: its label on the repo grid (Hz, 0 = unvoiced, NaN = uncertain). The shift
+    is uniform in `semitones`, narrowed so the clip's voiced F0 stays inside F0_RANGE_HZ (a wide range
+    pushes each clip towards both ends of the vocal range), the gain uniform in `gain_db_range` (dB;
+    the result is scaled down if it would clip). Returns (audio float32 of the same length,
+    f0 * 2**(st/12) float32, unvoiced frames stay 0 and uncertain ones NaN), or None when fewer than
+    `min_voiced_fraction` of the frames are voiced.
     """
     import librosa  # imported here: only this path needs it, and it is slow to import
 
@@ -74,13 +78,16 @@ def pitch_shift_clip(audio, f0, rng, shift_params):
     voiced = f0 > 0
     if len(f0) == 0 or voiced.mean() < float(shift_params["min_voiced_fraction"]):
         return None
-    semitones = uniform(rng, shift_params["semitones"])
+    lowest, highest = float(f0[voiced].min()), float(f0[voiced].max())
+    # The shifts that keep the voiced F0 in range (no shift is always allowed, for a clip already outside it).
+    feasible = (min(12.0 * np.log2(F0_RANGE_HZ[0] / lowest), 0.0), max(12.0 * np.log2(F0_RANGE_HZ[1] / highest), 0.0))
+    semitones = uniform(rng, np.clip(shift_params["semitones"], *feasible))
     gain_db = uniform(rng, shift_params["gain_db_range"])
     audio = np.asarray(audio, dtype=np.float32)
     shifted = librosa.effects.pitch_shift(audio, sr=SAMPLE_RATE, n_steps=semitones)
     shifted = librosa.util.fix_length(shifted, size=len(audio))  # pitch_shift keeps it; be sure
     shifted = peak_limit(shifted * db_to_amplitude(gain_db))
-    new_f0 = np.where(voiced, f0 * np.float32(2.0 ** (semitones / 12.0)), np.float32(0.0))
+    new_f0 = f0 * np.float32(2.0 ** (semitones / 12.0))  # 0 stays unvoiced, NaN uncertain
     return shifted.astype(np.float32), new_f0.astype(np.float32)
 
 
@@ -97,6 +104,8 @@ _SUB = 5  # WORLD frames per label frame
 _FFT_SIZE = 1024  # pyworld.get_cheaptrick_fft_size(24000)
 _FREQS = np.fft.rfftfreq(_FFT_SIZE, 1.0 / SAMPLE_RATE)  # 513 bins
 _F0_LIMITS = (40.0, 1100.0)  # Hz: hard limits of any rendered contour
+CREAK_HZ = (50.0, 75.0)  # creak / vocal fry: the irregular low F0 a phrase-final voiced run may fall to
+CREAK_JITTER_CENTS = 60.0  # its frame-to-frame irregularity (s.d.)
 
 # frame codes of the utterance plan
 SIL, VOWEL, NASAL, VBAR, VFRIC, FRIC, BURST, ASPIR = range(8)
@@ -325,8 +334,23 @@ def _spectra(plan, speaker, voiced, level_db, breath_db, damping):
     return sp, ap
 
 
+def _creak(rng, n_fine, f0, voiced, probability):
+    """`f0` with creak: each voiced run, with `probability`, ends in 90-250 ms of irregular F0 around CREAK_HZ (>= 50 Hz)."""
+    for start, stop in _voiced_runs(voiced):
+        if rng.uniform() >= probability:
+            continue
+        frames = int(min(stop - start, rng.integers(7, 21)))  # label frames of 12.5 ms
+        first, last = (stop - frames) * _SUB, min(stop * _SUB, n_fine)
+        target = uniform(rng, CREAK_HZ) * 2.0 ** (rng.normal(0.0, CREAK_JITTER_CENTS, frames) / 1200.0)
+        target = np.maximum(target, F0_RANGE_HZ[0])
+        fall = np.clip(np.arange(last - first) / (1.5 * _SUB), 0.0, 1.0)  # reached within two frames
+        creak = np.repeat(target, _SUB)[: last - first]
+        f0[first:last] = np.exp((1.0 - fall) * np.log(f0[first:last]) + fall * np.log(creak))
+    return f0
+
+
 def _f0_contour(rng, n_fine, base, world_params, plan, voiced):
-    """Continuous F0 (Hz) on the WORLD grid around `base`: intonation drift, vibrato, jitter."""
+    """Continuous F0 (Hz) on the WORLD grid around `base`: intonation drift, vibrato, jitter, creak."""
     modulation = world_params["modulation"]
     dt = FRAME_PERIOD_MS / _SUB / 1000.0
     t = np.arange(n_fine) * dt
@@ -354,7 +378,8 @@ def _f0_contour(rng, n_fine, base, world_params, plan, voiced):
             onset = start * FRAME_PERIOD_MS / 1000.0
             after = np.clip(t - onset, 0.0, None)
             cents += rng.uniform(10.0, 80.0) * np.exp(-after / 0.04) * (t >= onset - 0.00625)
-    return np.clip(base * 2.0 ** (cents / 1200.0), *_F0_LIMITS)
+    f0 = _creak(rng, n_fine, base * 2.0 ** (cents / 1200.0), voiced, world_params["creak_probability"])
+    return np.clip(f0, *_F0_LIMITS)
 
 
 def _speaker(rng, base_f0):
@@ -419,7 +444,7 @@ def render_world_utterance(rng, world_params):
 
     world_params: the `synthetic_data.world` config block (`duration` s, `pitch_range` Hz with
     log-uniform base pitch, `gain_db_range` peak level dBFS, `modulation` with vibrato rate/depth,
-    intonation drift and jitter; other keys ignored). The utterance is silence, phrases of
+    intonation drift and jitter, `creak_probability` per voiced run; other keys ignored). The utterance is silence, phrases of
     syllables (vowels with moving formants, nasals/approximants, voice bars, voiced fricatives =
     voiced; voiceless fricatives, /h/, stop closures, bursts, aspiration = unvoiced) and pauses,
     for one random speaker (vocal-tract length, spectral tilt, breathiness). Voiced runs have

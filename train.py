@@ -2,7 +2,8 @@
 
 With more than one `loss_params.lambda_vuv_candidates` value, one complete run per λ goes to
 `<log_dir>/lambda_vuv_<λ>` and `<log_dir>/sweep_summary.csv` compares them; otherwise one run
-goes to `log_dir`.
+goes to `log_dir`. `torchrun --nproc_per_node N train.py ...` trains with DDP (distributed.py); the
+sweep's runs then follow one another inside the job.
 """
 import copy
 import csv
@@ -12,12 +13,18 @@ import os
 import sys
 
 import click
+import torch
 import yaml
+from torch.distributed.elastic.multiprocessing.errors import record
 
+import distributed
 from audio import read_file_list, write_atomically
 from config import ConfigError, load_config
 from demo_data import ensure_demo_corpus
+from devices import resolve_device
 from f0_labels import label_settings, precompute
+from model import CheckpointError, build_model, load_checkpoint
+from pack import Pack, is_pack
 from trainer import Trainer, TrainingStopped, selection_key
 
 SUMMARY_FIELDS = ("lambda_vuv", "best_epoch", "FFE", "RPA", "RCA", "GPE", "VUV_F1", "VUV_P", "VUV_R",
@@ -25,19 +32,26 @@ SUMMARY_FIELDS = ("lambda_vuv", "best_epoch", "FFE", "RPA", "RCA", "GPE", "VUV_F
 
 
 def setup_logging(folder):
-    """The `pitchextractor` logger tree to the console and to `<folder>/train.log` (replacing an earlier file)."""
+    """The `pitchextractor` logger tree to the console and to `<folder>/train.log` (replacing an earlier file).
+
+    Under torchrun only rank 0 writes train.log; the other ranks print their warnings, marked with their rank.
+    """
     os.makedirs(folder, exist_ok=True)
     logger = logging.getLogger("pitchextractor")
-    logger.setLevel(logging.INFO)
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
         handler.close()
+    console = logging.StreamHandler(sys.stderr)
+    logger.addHandler(console)
+    if not distributed.is_main():
+        logger.setLevel(logging.WARNING)
+        console.setFormatter(logging.Formatter(f"[rank {distributed.rank()}] %(levelname)s %(message)s"))
+        return logger
+    logger.setLevel(logging.INFO)
     file_handler = logging.FileHandler(os.path.join(folder, "train.log"))
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    console = logging.StreamHandler(sys.stderr)
     console.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(file_handler)
-    logger.addHandler(console)
     return logger
 
 
@@ -62,12 +76,19 @@ def prepare_labels(config):
 
     Unreadable audio is left out (or stops the run with dataset_params.strict). A split none of whose
     files got a label (every backend found too little voicing) stops the run before any training.
+    Under torchrun each rank labels its share of the files with its share of the cores, and all ranks
+    then pool what was skipped or failed. A split whose `*_data` names a pack (pack.py) was labelled when it
+    was packed: it is opened (a one-line error if damaged) and used as it is.
     """
     data = config["dataset_params"]
-    lists = {split: read_file_list(config[key]) for split, key in (("train", "train_data"), ("val", "val_data"))}
-    summary = precompute(lists["train"] + lists["val"], label_settings(data["f0_params"]), workers=None,
+    splits = (("train", "train_data"), ("val", "val_data"))
+    packs = {split: Pack(config[key]) for split, key in splits if is_pack(config[key])}
+    lists = {split: read_file_list(config[key]) for split, key in splits if split not in packs}
+    every_file = list(dict.fromkeys(path for paths in lists.values() for path in paths))
+    share = every_file[distributed.rank()::distributed.world_size()]
+    summary = precompute(share, label_settings(data["f0_params"]), workers=distributed.local_cores(),
                          strict=data["strict"])
-    skipped, failed = set(summary["bad_files"]), set(summary["failed_files"])
+    skipped, failed = set(distributed.gather(summary["bad_files"])), set(distributed.gather(summary["failed_files"]))
     usable = {split: [path for path in paths if path not in skipped] for split, paths in lists.items()}
     for split, paths in usable.items():
         key = f"{split}_data"
@@ -79,22 +100,89 @@ def prepare_labels(config):
                 f"{config[key]}: all {len(paths)} files got no F0 label (no backend found "
                 f"{data['f0_params']['min_voiced_frames']} voiced frames: silent or unpitched audio); "
                 "check the recordings, or enable more backends in dataset_params.f0_params")
-    return usable
+    return {**usable, **packs}
+
+
+def resume_path(config, run_dir, resume):
+    """The checkpoint a run continues from: --resume, else <run>/last.pth under `resume: auto`, else None."""
+    last = os.path.join(run_dir, "last.pth")
+    if resume is None and config["resume"] == "auto" and os.path.exists(last):
+        return last
+    return resume
+
+
+def check_starting_points(config, runs, resume):
+    """Before any work: each checkpoint a run starts from is readable, has finite weights, fits the configured
+    model, and (under onecycle) was trained for the same number of epochs. A CheckpointError/ValueError
+    (one line) otherwise."""
+    with torch.device("meta"):  # shapes only, no memory
+        own = {key: tuple(value.shape) for key, value in build_model(config["model_params"]).state_dict().items()}
+    starting_points = [(resume_path(run_config, run_dir, resume), True) for _, run_config, run_dir in runs]
+    if config["pretrained_model"] and not all(path for path, _ in starting_points):
+        starting_points.append((config["pretrained_model"], False))
+    for path, resuming in starting_points:
+        if not path:
+            continue
+        state = load_checkpoint(path)
+        shapes = {key: tuple(value.shape) for key, value in state["net"].items()}
+        matched = [key for key in own if shapes.get(key) == own[key]]
+        if resuming and not len(matched) == len(own) == len(shapes):
+            raise CheckpointError(f"{path}: its weights do not fit this config's model_params ({len(matched)} of "
+                                  f"{len(own)} tensors match); resume with the model_params it was trained with, "
+                                  "or start a new run (another log_dir, or resume: never)")
+        if not matched:
+            raise CheckpointError(f"pretrained_model {path}: none of its {len(shapes)} tensors fits this "
+                                  f"{config['model_params']['sequence_model']} model; use a checkpoint of the same "
+                                  "kind of model, or set pretrained_model: \"\"")
+        continues = resuming or not config["load_only_params"] and len(matched) == len(own) and "optimizer" in state
+        saved_epochs = (state.get("config") or {}).get("epochs")
+        if continues and config["optimizer_params"]["scheduler"] == "onecycle" \
+                and saved_epochs not in (None, config["epochs"]):
+            raise ValueError(f"`epochs` = {config['epochs']}, but {path} continues a onecycle schedule over "
+                             f"{saved_epochs} epochs, which cannot be stretched; resume with epochs: {saved_epochs}, "
+                             "or start a new run (another log_dir, or resume: never / load_only_params: true)")
 
 
 def run_one(config, run_dir, data, resume):
     logger = setup_logging(run_dir)
-    with open(os.path.join(run_dir, "config.yml"), "w") as f:
-        yaml.safe_dump(config, f, sort_keys=False)
-    last = os.path.join(run_dir, "last.pth")
-    if resume is None and config["resume"] == "auto" and os.path.exists(last):
-        resume = last
+    resume = resume_path(config, run_dir, resume)
     logger.info("run folder %s (λ_vuv = %g)%s", run_dir, config["loss_params"]["lambda_vuv"],
                 f", resuming from {resume}" if resume else "")
-    best = Trainer(config, run_dir, data, resume_from=resume).fit()
+    trainer = Trainer(config, run_dir, data, resume_from=resume)
+    if distributed.is_main():  # only once the run really starts: a failed resume leaves the old one
+        write_atomically(os.path.join(run_dir, "config.yml"),
+                         yaml.safe_dump(config, sort_keys=False, allow_unicode=True).encode())
+    best = trainer.fit()
     logger.info("best epoch %d: FFE %.2f RPA %.2f VUV_F1 %.2f (threshold %.3f) -> %s", best["epoch"],
                 best["FFE"], best["RPA"], best["VUV_F1"], best["vuv_threshold"], best["checkpoint"])
     return best
+
+
+def one_line(text):
+    """The line of an error message that says what failed (a DataLoader worker's error carries its traceback)."""
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    if not lines:
+        return type(text).__name__ if isinstance(text, BaseException) else ""
+    return lines[-1] if len(lines) > 1 and "Traceback" in str(text) else lines[0]
+
+
+def os_error_line(err):
+    """One line for a failed read or write: the file, the reason, what to check."""
+    if err.filename is None:
+        return one_line(err)  # our own OSErrors (f0_labels) already name the file and the fix
+    return (f"{err.filename}: {err.strerror or err} — check that the folder exists and is writable and that "
+            "the disk has space (a run resumes from its last.pth)")
+
+
+def job_error(err):
+    """The one-line message of an error that ends the run; under torchrun it names the rank."""
+    err = os_error_line(err) if isinstance(err, OSError) else one_line(err)
+    if distributed.world_size() == 1:
+        return err
+    if type(err) is RuntimeError:  # a collective failed (gloo/NCCL raise plain RuntimeErrors)
+        return (f"rank {distributed.rank()}: {err} — another process of the job has probably failed or been "
+                "killed; torchrun's report names the root cause")
+    return f"rank {distributed.rank()}: {err}"
 
 
 def write_sweep_summary(log_dir, results):
@@ -126,24 +214,36 @@ def results_table(results):
 def main(config_path, resume, overrides):
     try:
         config = load_config(config_path, overrides)
-    except ConfigError as err:
+        distributed.start(resolve_device(config["device"]))
+    except (ConfigError, ValueError) as err:
         raise click.ClickException(str(err))
-    if config["demo_corpus"]["enabled"]:
-        setup_logging(config["log_dir"])
-        ensure_demo_corpus(config["demo_corpus"], config["dataset_params"]["synthetic_data"]["world"],
-                           config["train_data"], config["val_data"])
+    run_all(config, resume)
+    distributed.stop()
+
+
+def run_all(config, resume):
+    """Every run the config asks for; under torchrun every rank runs this, rank 0 alone reports."""
     runs = sweep_runs(config)
     if resume and len(runs) > 1:
         raise click.ClickException("--resume continues one run; in a λ sweep each run resumes from its own "
                                    "last.pth automatically (resume: auto)")
     results = []
     try:
+        check_starting_points(config, runs, resume)  # before any work: no labelling for a run that cannot start
+        if config["demo_corpus"]["enabled"]:
+            setup_logging(config["log_dir"])
+            if distributed.is_main():
+                ensure_demo_corpus(config["demo_corpus"], config["dataset_params"]["synthetic_data"]["world"],
+                                   config["train_data"], config["val_data"])
+            distributed.barrier()
         setup_logging(config["log_dir"])  # labelling's warnings go to <log_dir>/train.log, each run's to its own
         data = prepare_labels(config)
         for lam, run_config, run_dir in runs:
             results.append((lam, run_one(run_config, run_dir, data, resume)))
-    except (TrainingStopped, ValueError, RuntimeError, FileNotFoundError) as err:
-        raise click.ClickException(str(err))
+    except (TrainingStopped, ValueError, RuntimeError, OSError) as err:  # OSError: unwritable folder, full disk
+        raise click.ClickException(job_error(err))
+    if not distributed.is_main():
+        return
     click.echo(results_table(results))
     if len(runs) > 1:
         path = write_sweep_summary(config["log_dir"], results)
@@ -153,4 +253,4 @@ def main(config_path, resume, overrides):
 
 
 if __name__ == "__main__":
-    main()
+    record(main)()  # under torchrun, a rank's crash is reported as the job's root cause

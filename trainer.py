@@ -11,17 +11,21 @@ import os
 import signal
 import threading
 import time
+import warnings
 
 import numpy as np
 import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+import distributed
+from augment import build_augmenter
 from devices import resolve_device
+from features import mel_from_padded, padded_samples
 from losses import jdc_loss
-from meldataset import MelDataset, build_dataloader
+from meldataset import MelDataset, build_dataloader, collate
 from metrics import calibrate_vuv_threshold, pitch_metrics
-from model import build_model, load_checkpoint, save_checkpoint, voiced
+from model import CheckpointError, build_model, load_checkpoint, nonfinite_tensors, save_checkpoint, voiced
 from optimizers import build_optimizer
 from plots import f0_figure
 
@@ -57,7 +61,8 @@ class Trainer:
         self.config, self.run_dir = config, run_dir
         os.makedirs(run_dir, exist_ok=True)
         self.training, self.loss_params = config["training"], config["loss_params"]
-        self.device = resolve_device(config["device"])
+        self.device = distributed.local_device(resolve_device(config["device"]))
+        self.global_batch = config["batch_size"] * distributed.world_size()
         if self.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
             # Leave a core to each loader worker: OpenMP threads that share a core with a busy
             # worker wait on each other, and a 2-thread step then runs several times slower.
@@ -66,6 +71,8 @@ class Trainer:
         self.train_loader, self.val_loader = (self._loader(data[split], train=split == "train")
                                               for split in ("train", "val"))
         self.model = build_model(config["model_params"]).to(self.device)
+        if self.training["sync_batchnorm"] and distributed.world_size() > 1:
+            self.model = distributed.convert_sync_batchnorm(self.model, self.device)
         self.model.set_gradient_checkpointing(self.training["gradient_checkpointing"],
                                               self.training["gradient_checkpointing_use_reentrant"])
         self.optimizer, self.scheduler = build_optimizer(
@@ -76,11 +83,18 @@ class Trainer:
         self.vuv_threshold = self.loss_params["vuv_initial_threshold"]
         self.best, self.metrics = None, {}
         self.stop_signal = None
-        self.writer = SummaryWriter(os.path.join(run_dir, "tensorboard"))
+        self.writer = SummaryWriter(os.path.join(run_dir, "tensorboard")) if distributed.is_main() else None
         if resume_from:
             self._restore(load_checkpoint(resume_from), resume_from)
         elif config["pretrained_model"]:
             self._load_pretrained(config["pretrained_model"], config["load_only_params"])
+        if self.training["channels_last"]:
+            self.model.to(memory_format=torch.channels_last)
+        self.net = distributed.wrap(self.model, self.device)  # trains; self.model is what is saved and evaluated
+        if self.training["compile"]:
+            self.net = torch.compile(self.net)
+        self.augment = build_augmenter(config["dataset_params"]["augmentation"], self._babble_clips(),
+                                       config["seed"], self.device)
         self.deadline = None
 
     def fit(self):
@@ -100,23 +114,53 @@ class Trainer:
                     log.info("training.max_minutes = %g spent after %d batches of epoch %d; resume continues "
                              "from there", self.training["max_minutes"], self.batches_done, epoch + 1)
                     break
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
         return self.best
 
     # ------------------------------------------------------------------ data
     def _loader(self, paths, train):
         config = self.config
-        dataset = MelDataset(paths, config["dataset_params"], train=train)
+        pool = os.path.join(self.run_dir, "synthetic_pool") if train else None
+        dataset = MelDataset(paths, config["dataset_params"], train=train, pool_dir=pool, seed=config["seed"])
+        if train and distributed.world_size() > 1 and len(dataset) < self.global_batch:
+            raise ValueError(f"{len(dataset)} training files for a global batch of {self.global_batch} "
+                             f"(batch_size {config['batch_size']} × {distributed.world_size()} processes); "
+                             "lower batch_size or start fewer processes")
         return build_dataloader(dataset, config["batch_size"], config["num_workers"], config["seed"], self.device,
-                                config["dataset_params"]["dataloader"])
+                                config["dataset_params"]["dataloader"], rank=distributed.rank(),
+                                world_size=distributed.world_size())
+
+    def _babble_clips(self):
+        """Training clips for the babble noise bank: a seeded draw, about noise_bank_seconds of audio."""
+        dataset = self.train_loader.dataset
+        wanted = self.config["dataset_params"]["augmentation"]["noise_bank_seconds"] * 24000
+        clips, total = [], 0
+        for index in np.random.default_rng(self.config["seed"]).permutation(len(dataset)):
+            if total >= wanted:
+                break
+            clips.append(dataset.wave(int(index))[0])
+            total += len(clips[-1])
+        return clips
+
+    def mels(self, batch, train=False):
+        """The device-side feature step: waveform crops -> (augmented, when training) mels on self.device."""
+        wave, valid = batch["wave"].to(self.device, non_blocking=True), batch["valid"].to(self.device)
+        if train and self.augment is not None:
+            wave = self.augment(wave, batch["seed"], padded_samples(valid.sum(1)))
+        mel = mel_from_padded(wave, valid)[:, None]
+        return mel.contiguous(memory_format=torch.channels_last) if self.training["channels_last"] else mel
 
     # ------------------------------------------------------------------ steps
     def train_epoch(self, epoch):
         self.model.train()
-        batch_size = self.config["batch_size"]
-        self.train_loader.sampler.set_epoch(epoch, skip=self.batches_done * batch_size)
+        if distributed.is_main():  # one rank renders a shared synthetic pool; the others then read it
+            self.train_loader.dataset.prepare_epoch(epoch)
+        distributed.barrier()
+        self.train_loader.sampler.set_epoch(epoch, skip=self.batches_done * self.global_batch)
         bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{self.config['epochs']}", dynamic_ncols=True,
-                   initial=self.batches_done, total=self.batches_done + len(self.train_loader))
+                   initial=self.batches_done, total=self.batches_done + len(self.train_loader),
+                   disable=not distributed.is_main())
         losses = []
         for batch in bar:
             loss = self.train_step(batch)
@@ -124,7 +168,8 @@ class Trainer:
             if loss is not None:
                 losses.append(loss)
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
-            if self.deadline is not None and time.monotonic() > self.deadline:
+            out_of_time, self.stop_signal = self._agree_on_stop()
+            if out_of_time:
                 return float(np.mean(losses)) if losses else math.nan  # batches_done marks where to resume
             if self.stop_signal is not None:
                 self._save(os.path.join(self.run_dir, "last.pth"))
@@ -133,21 +178,34 @@ class Trainer:
         self.batches_done = 0
         return float(np.mean(losses)) if losses else math.nan
 
+    def _agree_on_stop(self):
+        """(time budget spent, signal name or None), the same on every rank: a signal to any rank stops all
+        of them after the same step, and the budget ends the epoch on all of them at once."""
+        out_of_time = self.deadline is not None and time.monotonic() > self.deadline
+        signum = signal.Signals[self.stop_signal].value if self.stop_signal else 0
+        out_of_time, signum = distributed.all_max([int(out_of_time), signum])
+        return bool(out_of_time), signal.Signals(signum).name if signum else None
+
     def train_step(self, batch):
         """One optimizer step; returns the loss, or None when a non-finite loss skipped the step."""
+        mel = self.mels(batch, train=True)
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
         # A bad batch would also poison BatchNorm's running statistics: keep them to put back.
         buffers = [b.clone() for b in self.model.buffers()]
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
-            f0, logit = self.model(batch["mel"])
+            f0, logit = self.net(mel)
         loss, parts = jdc_loss(f0, logit, batch["f0"], batch["voiced"], batch["valid"],
-                               self.loss_params["lambda_vuv"], self.loss_params["f0_loss"])
+                               self.loss_params["lambda_vuv"], self.loss_params["f0_loss"],
+                               denominator=distributed.share_of_global_count, certain=batch["certain"])
+        # The job's loss (the mean of the ranks' losses, each normalised by the global frame counts): every
+        # rank sees the same value, so all of them skip a non-finite step together.
+        job_loss, job_f0, job_vuv = distributed.mean(torch.stack([loss.detach(), parts["f0"], parts["vuv"]]))
         self.optimizer.zero_grad(set_to_none=True)
-        if not torch.isfinite(loss):
+        if not torch.isfinite(job_loss):
             with torch.no_grad():
                 for buffer, saved in zip(self.model.buffers(), buffers):
                     buffer.copy_(saved)
-            return self._skip_nonfinite(loss)
+            return self._skip_nonfinite(job_loss)
         self.nonfinite_run = 0
         self.scaler.scale(loss).backward()
         if self.training["grad_clip"] > 0:
@@ -157,19 +215,20 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         self.step += 1
-        if self.step % 10 == 0:
-            self.writer.add_scalar("train/loss", loss.item(), self.step)
-            self.writer.add_scalar("train/loss_f0", parts["f0"].item(), self.step)
-            self.writer.add_scalar("train/loss_vuv", parts["vuv"].item(), self.step)
+        if self.writer is not None and self.step % 10 == 0:
+            self.writer.add_scalar("train/loss", job_loss.item(), self.step)
+            self.writer.add_scalar("train/loss_f0", job_f0.item(), self.step)
+            self.writer.add_scalar("train/loss_vuv", job_vuv.item(), self.step)
             self.writer.add_scalar("train/lr", self.scheduler.get_last_lr()[0], self.step)
-        return loss.item()
+        return job_loss.item()
 
     def _skip_nonfinite(self, loss):
         self.nonfinite_run += 1
         self.nonfinite_total += 1
         log.warning("non-finite loss (%s) at step %d: step skipped (%d in a row, %d in all)",
                     loss.item(), self.step, self.nonfinite_run, self.nonfinite_total)
-        self.writer.add_scalar("train/nonfinite_steps", self.nonfinite_total, self.step)
+        if self.writer is not None:
+            self.writer.add_scalar("train/nonfinite_steps", self.nonfinite_total, self.step)
         if self.nonfinite_run >= self.training["max_nonfinite_steps"]:
             self._save(os.path.join(self.run_dir, "last.pth"))
             raise TrainingStopped(
@@ -186,16 +245,22 @@ class Trainer:
         return f0.float().cpu(), logit.float().cpu()
 
     def validate(self):
-        """Losses and metrics on the validation set, at the V/UV threshold calibrated on it."""
+        """Losses and metrics on the validation set, at the V/UV threshold calibrated on it.
+
+        Under torchrun each rank scores its share of the batches and the frames and batch losses of all
+        ranks are pooled, so every rank gets the threshold and metrics of a single-process validation.
+        """
         self.val_loader.sampler.set_epoch(0)
         frames, losses = [], []
         for batch in self.val_loader:
-            f0, logit = self.predict(batch["mel"])
+            f0, logit = self.predict(self.mels(batch))
             loss, parts = jdc_loss(f0, logit, batch["f0"], batch["voiced"], batch["valid"],
-                                   self.loss_params["lambda_vuv"], self.loss_params["f0_loss"])
+                                   self.loss_params["lambda_vuv"], self.loss_params["f0_loss"],
+                                   certain=batch["certain"])
             losses.append([loss.item(), parts["f0"].item(), parts["vuv"].item()])
-            valid = batch["valid"]
+            valid = batch["valid"] & batch["certain"]  # uncertain labels are not scored
             frames.append((batch["f0"][valid], batch["voiced"][valid], f0[valid], torch.sigmoid(logit[valid])))
+        frames, losses = distributed.gather(frames), distributed.gather(losses)
         ref_f0, ref_voiced, est_f0, prob = (torch.cat(x).numpy() for x in zip(*frames))
         self.vuv_threshold, _ = calibrate_vuv_threshold(
             prob, ref_voiced, self.loss_params["vuv_calibration_steps"], initial=self.vuv_threshold)
@@ -209,6 +274,8 @@ class Trainer:
         shown = ("loss", "RPA", "RCA", "GPE", "VUV_F1", "FFE", "MED_CENTS", "vuv_threshold")
         log.info("epoch %d: train loss %.4f | val %s", epoch + 1, train_loss,
                  " ".join(f"{k} {metrics[k]:.4g}" for k in shown))
+        if self.writer is None:  # not rank 0
+            return
         self.writer.add_scalar("train/epoch_loss", train_loss, epoch + 1)
         for key, value in metrics.items():
             self.writer.add_scalar(f"val/{key}", value, epoch + 1)
@@ -219,10 +286,10 @@ class Trainer:
         dataset = self.val_loader.dataset
         clips = []
         for index in range(min(self.training["plot_clips"], len(dataset))):
-            mel, label, _ = dataset[index]
-            f0, logit = self.predict(mel[None, None])
+            item = dataset[index]
+            f0, logit = self.predict(self.mels(collate([item])))
             clips.append({"title": os.path.basename(dataset.paths[index]), "f0": f0[0].numpy(),
-                          "prob": torch.sigmoid(logit[0]).numpy(), "label": label.numpy()})
+                          "prob": torch.sigmoid(logit[0]).numpy(), "label": item[1].numpy()})
         return f0_figure(clips, self.vuv_threshold)
 
     # ------------------------------------------------------------------ checkpoints
@@ -232,12 +299,26 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
             "epoch": self.epoch, "batches_done": self.batches_done, "step": self.step,
+            "global_batch": self.global_batch,
             "config": self.config, "vuv_threshold": float(self.vuv_threshold), "metrics": self.metrics,
             "best": self.best, "nonfinite_total": self.nonfinite_total, "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None,
         }
 
     def _save(self, path):
-        save_checkpoint(self._state(), path)
+        """Rank 0 writes; every rank waits for it, so none can end the job before the file is complete.
+
+        Weights holding a NaN or an infinity are never written (every rank holds the same weights, so all stop
+        together): the checkpoints on disk keep the last finite state."""
+        bad = nonfinite_tensors(self.model.state_dict())
+        if bad:
+            raise TrainingStopped(
+                f"non-finite weights after step {self.step} ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}): "
+                f"training diverged; nothing was saved, so the checkpoints in {self.run_dir} keep the last finite "
+                "state. Lower optimizer_params.lr or set training.grad_clip")
+        if distributed.is_main():
+            save_checkpoint(self._state(), path)
+        distributed.barrier()
 
     def save_checkpoints(self, epoch, metrics):
         self._save(os.path.join(self.run_dir, "last.pth"))
@@ -245,7 +326,7 @@ class Trainer:
             best_path = os.path.join(self.run_dir, "best.pth")
             self.best = {"epoch": epoch + 1, "vuv_threshold": float(self.vuv_threshold),
                          "checkpoint": best_path, **metrics}
-            save_checkpoint({**self._state(), "best": self.best}, best_path)
+            self._save(best_path)
         if (epoch + 1) % self.config["save_freq"] == 0:
             self._save(os.path.join(self.run_dir, f"epoch_{epoch + 1:05d}.pth"))
 
@@ -255,20 +336,47 @@ class Trainer:
     def _restore(self, state, path):
         self.model.load_state_dict(state["net"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.epoch, self.batches_done, self.step = state["epoch"], state["batches_done"], state["step"]
+        saved_batch = state.get("global_batch", self.global_batch)  # older checkpoints: one process
+        if saved_batch == self.global_batch:
+            self.scheduler.load_state_dict(state["scheduler"])
+        else:
+            self._continue_with_global_batch(saved_batch)
         self.vuv_threshold, self.metrics, self.best = state["vuv_threshold"], state["metrics"], state["best"]
         self.nonfinite_total = state["nonfinite_total"]
         torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         log.info("resumed from %s at epoch %d, batch %d, step %d", path, self.epoch + 1, self.batches_done,
                  self.step)
+
+    def _continue_with_global_batch(self, saved_batch):
+        """Resume a run saved with another global batch (another number of processes): skip the items its
+        epoch has used and put the schedule where this run's own steps would be."""
+        items = self.batches_done * saved_batch
+        self.batches_done = items // self.global_batch
+        if items % self.global_batch:
+            log.warning("the saved run used %d items of epoch %d, not a multiple of the global batch %d: "
+                        "%d of them are trained on again", items, self.epoch + 1, self.global_batch,
+                        items % self.global_batch)
+        self.scheduler.last_epoch = self.epoch * len(self.train_loader) + self.batches_done - 1
+        with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": this only repositions it
+            warnings.simplefilter("ignore", UserWarning)
+            self.scheduler.step()
+        log.info("resumed a run of global batch %d with global batch %d: %d items of epoch %d done, "
+                 "schedule at step %d of %d", saved_batch, self.global_batch, items - items % self.global_batch,
+                 self.epoch + 1, self.scheduler.last_epoch, self.config["epochs"] * len(self.train_loader))
 
     def _load_pretrained(self, path, only_params):
         """Start from one of our checkpoints or a host {'net': ...} file: load what matches, list the rest."""
         state = load_checkpoint(path)
         own = self.model.state_dict()
         matched = {k: v for k, v in state["net"].items() if k in own and own[k].shape == v.shape}
+        if not matched:
+            raise CheckpointError(f"pretrained_model {path}: none of its {len(state['net'])} tensors fits this "
+                                  f"{self.config['model_params']['sequence_model']} model; use a checkpoint of the "
+                                  "same kind of model, or set pretrained_model: \"\"")
         self.model.load_state_dict(matched, strict=False)
         missing = sorted(set(own) - set(matched))
         unused = sorted(set(state["net"]) - set(matched))

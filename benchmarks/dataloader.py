@@ -1,9 +1,12 @@
-"""Loader throughput (batches/s, batch 32 x 192 frames) vs. the LSTM model's CPU training step rate.
+"""Loader throughput, items/s at batch 32 x 192 frames: audio files vs. a pack, in the same run.
 
     python benchmarks/dataloader.py [--batches 8] [--quick]
 
-Labels are precomputed first (cached), as in training. The loader must deliver at least twice the
-step rate of the model it feeds.
+The file loader decodes each item's whole file and reads its cached label; the packed loader slices one
+memory-mapped array (pack.py). Both yield waveform crops (the mel is computed on the training device).
+With 20 % synthetic data, the file loader renders WORLD utterances per item and the packed loader draws
+them from a pre-rendered pool (synthetic_pool.py). Labels are precomputed first, as in training. Target
+on 2 cores: packed / files >= 4 (cached labels), printed as `packed/files items/s ratio: X`.
 """
 import argparse
 import copy
@@ -18,10 +21,12 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from config_defaults import DEFAULTS  # noqa: E402
-from f0_labels import precompute  # noqa: E402
+from f0_labels import label_settings  # noqa: E402
 from meldataset import MelDataset, build_dataloader  # noqa: E402
+from pack import build_pack  # noqa: E402
 from synthetic import render_world_utterance  # noqa: E402
-from train_step import steps_per_second  # noqa: E402
+
+BATCH = 32
 
 
 def write_clips(folder, count, seed=0):
@@ -36,8 +41,8 @@ def write_clips(folder, count, seed=0):
     return paths
 
 
-def batches_per_second(paths, params, workers, batches):
-    loader = build_dataloader(MelDataset(paths, params, train=True), 32, workers, 0, "cpu", params["dataloader"])
+def items_per_second(dataset, workers, batches):
+    loader = build_dataloader(dataset, BATCH, workers, 0, "cpu", DEFAULTS["dataset_params"]["dataloader"])
     iterator = iter(loader)
     # Untimed: worker start-up (paid once per run) and the batches prefetched meanwhile.
     for _ in range(1 + 2 * workers):
@@ -45,34 +50,37 @@ def batches_per_second(paths, params, workers, batches):
     start = time.perf_counter()
     for _ in range(batches):
         next(iterator)
-    return batches / (time.perf_counter() - start)
+    return batches * BATCH / (time.perf_counter() - start)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--batches", type=int, default=8)
-    parser.add_argument("--quick", action="store_true", help="fewer clips and batches (CI smoke run)")
+    parser.add_argument("--quick", action="store_true", help="fewer batches (CI smoke run)")
     args = parser.parse_args()
     if args.quick:
-        args.batches = 3
-    clips = 32 * (args.batches + 5)  # every timed batch is a full one, after up to 5 untimed
+        args.batches = 4
     torch.set_num_threads(1)  # the main process only collates; workers get a core each
     with tempfile.TemporaryDirectory() as folder:
-        paths = write_clips(folder, clips)
+        paths = write_clips(folder, BATCH * (args.batches + 5))  # every timed batch a full one
         params = copy.deepcopy(DEFAULTS["dataset_params"])
-        precompute(paths, params["f0_params"], workers=2)
+        params["f0_params"]["pyworld"].update(algorithm="dio", d4c_threshold=0.0)  # labels fast: not timed here
+        pack, _ = build_pack(paths, os.path.join(folder, "train.pack"), label_settings(params["f0_params"]))
         blended = copy.deepcopy(params)
-        blended["synthetic_data"]["enabled"] = True
+        blended["synthetic_data"].update(enabled=True, pool_size=64)
+        pool = MelDataset(pack, blended, train=True, pool_dir=os.path.join(folder, "pool"))
+        start = time.perf_counter()
+        pool.prepare_epoch(0)
+        print(f"synthetic pool of 64 rendered in {time.perf_counter() - start:.1f} s (once per "
+              f"pool_refresh_epochs epochs)")
         rates = {}
-        for name, p in (("cached labels", params), ("+ synthetic 20 %", blended)):
-            for workers in (0, 2):
-                rates[name, workers] = batches_per_second(paths, p, workers, args.batches)
-                print(f"{name:18s} workers={workers}: {rates[name, workers]:6.2f} batches/s")
-    torch.set_num_threads(2)
-    step_rate = steps_per_second("lstm", batch=32, frames=192, steps=2 if args.quick else 4)
-    print(f"lstm training step rate, batch 32 x 192, 2 threads: {step_rate:.2f} steps/s")
-    worst = min(rates[name, 2] for name in ("cached labels", "+ synthetic 20 %"))
-    print(f"loader (2 workers, worst case) / step rate = {worst / step_rate:.1f}x (target >= 2)")
+        for name, files, packed in (("cached labels", MelDataset(paths, params), MelDataset(pack, params)),
+                                    ("+ synthetic 20 %", MelDataset(paths, blended), pool)):
+            for loader, dataset in (("files", files), ("packed", packed)):
+                rates[name, loader] = items_per_second(dataset, 2, args.batches)
+                print(f"{name:18s} {loader:6s} loader, 2 workers: {rates[name, loader]:8.0f} items/s")
+    print(f"+ synthetic 20 %: packed/files items/s ratio {rates['+ synthetic 20 %', 'packed'] / rates['+ synthetic 20 %', 'files']:.1f}")
+    print(f"packed/files items/s ratio: {rates['cached labels', 'packed'] / rates['cached labels', 'files']:.1f}")
 
 
 if __name__ == "__main__":

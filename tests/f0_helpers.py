@@ -75,7 +75,8 @@ def default_f0_params():
 
 
 def only_backends(f0_params, *names):
-    """f0_params with exactly `names` enabled, in that cascade order."""
+    """f0_params in cascade mode with exactly `names` enabled, in that cascade order."""
+    f0_params["mode"] = "cascade"
     f0_params["backend_order"] = list(names) + [name for name in f0_params["backend_order"] if name not in names]
     for name in f0_params["backend_order"]:
         f0_params[name]["enabled"] = name in names

@@ -68,7 +68,7 @@ def test_pyworld_falls_back_when_first_algorithm_finds_too_few_frames(glide):
 def test_d4c_gate_unvoices_what_harvest_voices_in_noise_and_silence():
     """On speech-like WORLD renders with exact labels, raw Harvest voices ~10 % of the unvoiced
     frames beside speech; the D4C gate removes most of them and only ever zeroes frames."""
-    world = {"duration": [1.5, 2.0], "pitch_range": [80.0, 350.0], "gain_db_range": [-6.0, 0.0],
+    world = {"duration": [1.5, 2.0], "pitch_range": [80.0, 350.0], "gain_db_range": [-6.0, 0.0], "creak_probability": 0.0,
              "modulation": {"vibrato_rate_hz": [4.0, 7.0], "vibrato_depth_cents": [0.0, 40.0],
                             "drift_cents": 200.0, "jitter_cents": 5.0}}
     raw_agreement, gated_agreement = [], []

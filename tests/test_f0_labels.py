@@ -5,6 +5,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -143,7 +144,9 @@ def test_cache_is_written_with_sidecar_and_then_reused(clip):
     assert sidecar["status"] == "ok" and sidecar["backend"] == "pyworld"
     assert sidecar["backend_settings"]["algorithm"] == "dio"
     assert "pyworld" in sidecar["versions"]
-    assert sidecar["audio"] == {"size": os.path.getsize(path), "mtime_ns": os.stat(path).st_mtime_ns}
+    assert {key: sidecar["audio"][key] for key in ("size", "mtime_ns")} == {
+        "size": os.path.getsize(path), "mtime_ns": os.stat(path).st_mtime_ns}
+    assert len(sidecar["audio"]["fingerprint"]) == 40
     assert sidecar["frames"] == f0.size and 0.9 < sidecar["voiced_fraction"] <= 1.0
     reused, _, computed_again = label_file(path, params)
     assert not computed_again
@@ -160,6 +163,29 @@ def test_changed_audio_is_recomputed(clip):
     assert np.median(after[after > 0]) == pytest.approx(120, rel=0.02)
 
 
+def test_same_size_and_mtime_but_new_content_is_recomputed(clip):
+    path, params = clip
+    before = cached_f0(path, params)
+    stat = os.stat(path)
+    write_audio(path, harmonic_tone(np.full(SAMPLE_RATE // 2, 120.0)))  # same length and format: same size
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert (os.path.getsize(path), os.stat(path).st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+    after, _, computed = label_file(path, params)
+    assert computed
+    assert np.median(before[before > 0]) == pytest.approx(180, rel=0.02)
+    assert np.median(after[after > 0]) == pytest.approx(120, rel=0.02)
+
+
+def test_old_format_cache_is_recomputed(clip, monkeypatch):
+    path, params = clip
+    with monkeypatch.context() as old:
+        old.setattr(f0_labels, "CACHE_FORMAT", 1)
+        old_array, _ = cache_paths(path, params)
+        assert label_file(path, params)[2]
+    assert cache_paths(path, params)[0] != old_array and os.path.isfile(old_array)
+    assert label_file(path, params)[2]  # the current format never reads the old file
+
+
 def break_sidecar(array_path, sidecar_path):
     os.remove(sidecar_path)
 
@@ -167,6 +193,12 @@ def break_sidecar(array_path, sidecar_path):
 def stale_sidecar(array_path, sidecar_path):
     meta = json.loads(pathlib.Path(sidecar_path).read_text())
     meta["settings_hash"] = "00000000"
+    pathlib.Path(sidecar_path).write_text(json.dumps(meta))
+
+
+def other_package_version(array_path, sidecar_path):
+    meta = json.loads(pathlib.Path(sidecar_path).read_text())
+    meta["versions"]["pyworld"] = "0.0.1"
     pathlib.Path(sidecar_path).write_text(json.dumps(meta))
 
 
@@ -189,8 +221,8 @@ def missing_array(array_path, sidecar_path):
     os.remove(array_path)
 
 
-@pytest.mark.parametrize("damage", [break_sidecar, stale_sidecar, garbled_sidecar, truncated_array, corrupt_array,
-                                    missing_array])
+@pytest.mark.parametrize("damage", [break_sidecar, stale_sidecar, other_package_version, garbled_sidecar,
+                                    truncated_array, corrupt_array, missing_array])
 def test_damaged_cache_is_recomputed_never_trusted(clip, damage):
     path, params = clip
     good = cached_f0(path, params)
@@ -332,3 +364,105 @@ def test_cli_runs_as_a_script_with_worker_processes(corpus, tmp_path):
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "3 computed" in result.stdout
+
+
+# ----------------------------------------------------------------------------------------------
+# Range and consensus
+# ----------------------------------------------------------------------------------------------
+
+
+def consensus_params(*names):
+    params = only_backends(default_f0_params(), *names)
+    params["mode"] = "consensus"
+    return params
+
+
+@pytest.mark.parametrize("hz", [55.0, 900.0])
+@pytest.mark.parametrize("mode", ["cascade", "consensus"])
+def test_harmonic_tones_at_both_ends_of_the_range_are_labelled_within_20_cents(hz, mode):
+    audio = harmonic_tone(np.full(SAMPLE_RATE, hz)).astype(np.float32)
+    params = dict(default_f0_params(), mode=mode)  # the default backends and ranges
+    f0, backend = compute_f0(audio, params)
+    assert backend == ("pyworld" if mode == "cascade" else "consensus")
+    inner = f0[8:-8]  # away from the clip's edges
+    assert np.isfinite(inner).all() and (inner > 0).all()
+    assert np.abs(1200 * np.log2(inner / hz)).max() <= 20.0
+
+
+def test_consensus_needs_min_agree_trackers_within_the_tolerance():
+    harvest = [200.0, 200.0, 200.0, 0.0, 0.0, 100.0, 300.0, 0.0]
+    swift = [202.0, 201.0, 400.0, 0.0, 0.0, 200.0, 150.0, 220.0]
+    praat = [198.0, 0.0, 201.0, 0.0, 180.0, 300.0, 0.0, 0.0]
+    f0 = f0_labels.consensus_f0([harvest, swift, praat], min_agree=2, tolerance_cents=50.0)
+    assert f0[0] == pytest.approx((200.0 * 202.0 * 198.0) ** (1 / 3), rel=1e-5)  # all three: geometric mean
+    assert f0[1] == pytest.approx((200.0 * 201.0) ** 0.5, rel=1e-5)  # two voiced agree, one unvoiced
+    assert f0[2] == pytest.approx((200.0 * 201.0) ** 0.5, rel=1e-5)  # the octave error is outvoted
+    assert f0[3] == 0.0 and f0[4] == 0.0 and f0[7] == 0.0  # >= 2 say unvoiced, no agreeing voiced pair
+    assert np.isnan(f0[5]) and np.isnan(f0[6])  # three pitches / two apart and one unvoiced: contested
+    # Two of two trackers that disagree on voicing: contested.
+    assert np.isnan(f0_labels.consensus_f0([[200.0], [0.0]], 2, 50.0)).all()
+
+
+def test_consensus_of_real_trackers_on_silence_then_a_tone():
+    """harvest, swiftf0 and praat combined frame by frame: silence certain unvoiced, the tone certain voiced."""
+    tone = harmonic_tone(np.full(SAMPLE_RATE, 150.0))
+    audio = np.concatenate([np.zeros(SAMPLE_RATE // 2), tone]).astype(np.float32)
+    params = consensus_params("pyworld", "swiftf0", "praat")
+    f0, backend = compute_f0(audio, params)
+    contours = [f0_backends.BACKENDS[name](audio, **f0_backends.backend_options(params, name))
+                for name in ("pyworld", "swiftf0", "praat")]
+    np.testing.assert_array_equal(f0, f0_labels.consensus_f0(contours, 2, 50.0))
+    voiced = np.isfinite(f0) & (f0 > 0)
+    assert backend == "consensus" and (f0[:30] == 0).all()  # silence: every tracker says unvoiced
+    assert voiced[50:110].all() and np.abs(1200 * np.log2(f0[50:110] / 150.0)).max() < 20
+
+
+def test_consensus_with_fewer_backends_than_min_agree_is_a_one_line_error():
+    params = consensus_params("pyworld")
+    with pytest.raises(RuntimeError, match="min_agree is 2 but 1 F0 backends"):
+        f0_labels.label_settings(params)
+
+
+def test_uncertain_frames_survive_the_cache(tmp_path):
+    path = write_audio(tmp_path / "tone.wav", harmonic_tone(np.full(SAMPLE_RATE // 2, 150.0)))
+    params = consensus_params("pyworld", "swiftf0", "praat")
+    f0, meta, computed = label_file(path, params)
+    assert computed and meta["backend"] == "consensus"
+    assert meta["uncertain_fraction"] == pytest.approx(np.isnan(f0).mean())
+    cached, _, computed_again = label_file(path, params)
+    assert not computed_again
+    np.testing.assert_array_equal(cached, f0)  # NaN where NaN
+
+
+# ----------------------------------------------------------------------------------------------
+# Claims: one process computes a label, others wait for it
+# ----------------------------------------------------------------------------------------------
+
+
+def test_second_precompute_waits_for_the_first_and_computes_nothing(tmp_path):
+    long_clip = harmonic_tone(np.full(10 * SAMPLE_RATE, 130.0) * np.linspace(1.0, 1.5, 10 * SAMPLE_RATE))
+    path = write_audio(tmp_path / "long.wav", long_clip)
+    params = only_backends(default_f0_params(), "pyworld")
+    claim = cache_paths(path, params)[0][: -len(".npy")] + ".claim"
+    config_path = write_config(tmp_path, [path, path], params)
+    first = subprocess.Popen([sys.executable, "f0_labels.py", "--config_path", config_path, "--workers", "1"],
+                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not os.path.exists(claim) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert json.loads(pathlib.Path(claim).read_text())["pid"] == first.pid
+    second = precompute([path], params, workers=1)
+    out, err = first.communicate(timeout=120)
+    assert first.returncode == 0, err
+    assert "1 computed" in out and second["computed"] == 0 and second["verified"] == 1
+    assert not os.path.exists(claim)
+
+
+def test_claim_of_a_dead_process_is_taken_over(clip):
+    path, params = clip
+    claim = cache_paths(path, params)[0][: -len(".npy")] + ".claim"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pathlib.Path(claim).write_text(json.dumps({"host": os.uname().nodename, "pid": int(dead.stdout), "time": 0}))
+    f0, _, computed = label_file(path, params)
+    assert computed and f0_backends.count_voiced(f0) > 0 and not os.path.exists(claim)
+    assert not [name for name in os.listdir(os.path.dirname(path)) if ".claim" in name]

@@ -104,3 +104,39 @@ def test_jdc_loss_combines_the_terms(kind):
 def test_unknown_f0_loss_kind():
     with pytest.raises(ValueError, match="unknown f0 loss 'l2'"):
         f0_loss(torch.ones(2), torch.ones(2), torch.ones(2, dtype=torch.bool), "l2")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_contested_consensus_frames_reach_neither_loss(kind):
+    """Trackers that disagree give NaN labels (consensus_f0); through collate they become uncertain frames,
+    which change neither loss and get no gradient, whatever the predictions there."""
+    import numpy as np
+
+    from f0_labels import consensus_f0
+    from meldataset import collate
+
+    harvest = [200.0, 200.0, 0.0, 100.0, 300.0, 210.0]
+    swift = [201.0, 400.0, 0.0, 200.0, 0.0, 212.0]
+    praat = [199.0, 201.0, 0.0, 300.0, 150.0, 0.0]
+    label = torch.from_numpy(consensus_f0(np.array([harvest, swift, praat]), 2, 50.0))
+    uncertain = torch.tensor([False, False, False, True, True, False])
+    assert torch.equal(torch.isnan(label), uncertain)
+    batch = collate([(torch.zeros(6 * 300), label, label > 0, 0)])
+    assert torch.equal(batch["certain"][0], ~uncertain) and torch.isfinite(batch["f0"]).all()
+
+    def losses(pred_hz, logit):
+        return jdc_loss(pred_hz, logit, batch["f0"], batch["voiced"], batch["valid"], 1.0, kind,
+                        certain=batch["certain"])
+
+    pred = torch.full((1, 6), 180.0, requires_grad=True)
+    logit = torch.zeros(1, 6, requires_grad=True)
+    total, parts = losses(pred, logit)
+    total.backward()
+    assert (pred.grad[0, uncertain] == 0).all() and (logit.grad[0, uncertain] == 0).all()
+    assert (pred.grad[0, [0, 1, 5]] != 0).all() and (logit.grad[0, ~uncertain] != 0).all()
+    wild_pred, wild_logit = pred.detach().clone(), logit.detach().clone()
+    wild_pred[0, uncertain], wild_logit[0, uncertain] = 5000.0, -30.0
+    _, wild_parts = losses(wild_pred, wild_logit)
+    assert wild_parts["f0"] == parts["f0"] and wild_parts["vuv"] == parts["vuv"]
+    certain = ~uncertain[None]
+    assert parts["vuv"].item() == pytest.approx(vuv_loss(logit, batch["voiced"], certain).item())

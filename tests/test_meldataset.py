@@ -1,4 +1,5 @@
-"""MelDataset items, crops, masks, collate, loader options, and per-seed determinism."""
+"""MelDataset items (waveform crops whose device mels equal the whole clip's), masks, collate, loader
+options, the synthetic pool, and per-seed determinism."""
 import copy
 
 import numpy as np
@@ -9,8 +10,9 @@ from audio import load_audio
 from config_defaults import DEFAULTS
 from audio import read_file_list
 from f0_labels import label_settings
-from features import item_mels, mel_spectrogram
+from features import item_mels, mel_from_padded, mel_spectrogram, padded_samples
 from meldataset import MelDataset, SeededSampler, build_dataloader, collate, loader_start_method
+from pack import Pack
 
 LOADER = DEFAULTS["dataset_params"]["dataloader"]
 
@@ -37,8 +39,9 @@ def test_training_items_are_random_crops_of_max_length(paths):
     dataset = MelDataset(paths, dataset_params(max_mel_length=32), train=True)
     starts = set()
     for seed in range(8):
-        mel, f0, voiced = dataset[(0, seed)]
-        assert mel.shape == (80, 32) and f0.shape == (32,) and voiced.dtype == torch.bool
+        wave, f0, voiced, item_seed = dataset[(0, seed)]
+        assert wave.shape == (padded_samples(32),) and f0.shape == (32,) and voiced.dtype == torch.bool
+        assert item_seed == seed
         assert torch.equal(voiced, f0 > 0)
         starts.add(tuple(f0.tolist()))
     assert len(starts) > 1  # different seeds crop differently
@@ -47,19 +50,39 @@ def test_training_items_are_random_crops_of_max_length(paths):
 def test_validation_items_are_whole_clips_and_deterministic(paths):
     dataset = MelDataset(paths, dataset_params(max_mel_length=32), train=False)
     wave = load_audio(paths[1])
-    mel, f0, _ = dataset[1]
-    assert mel.shape[-1] == f0.shape[0] == 1 + len(wave) // 300
-    assert torch.equal(mel, dataset[1][0])
+    crop, f0, _, _ = dataset[1]
+    assert mel_from_padded(crop[None]).shape[-1] == f0.shape[0] == 1 + len(wave) // 300
+    assert torch.equal(crop, dataset[1][0])
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_device_mels_of_a_batch_equal_the_whole_clips_mels(paths, train):
+    """The trainer's feature step (mel_from_padded on the batch) gives mel_spectrogram of each whole clip,
+    cropped to the item's frames; padding frames get the mel of silence."""
+    dataset = MelDataset(paths, dataset_params(max_mel_length=40), train=train)
+    keys = [(i, 100 + i) for i in range(4)]
+    items = [dataset[key] for key in keys]
+    batch = collate(items)
+    mel = mel_from_padded(batch["wave"], batch["valid"])
+    for row, ((index, _), (_, f0, _, _)) in enumerate(zip(keys, items)):
+        whole = mel_spectrogram(load_audio(paths[index]))
+        labels = dataset.clips.clip(index)[1]
+        start = next(s for s in range(len(labels) - len(f0) + 1)
+                     if np.array_equal(labels[s: s + len(f0)], f0.numpy(), equal_nan=True))
+        assert torch.allclose(mel[row, :, : len(f0)], whole[:, start: start + len(f0)], atol=1e-5, rtol=0)
+        assert (mel[row, :, len(f0):] == mel_spectrogram(torch.zeros(2048))[0, 0]).all()
 
 
 def test_collate_pads_mixed_lengths_and_marks_padding_invalid():
-    items = [(torch.randn(80, n), torch.full((n,), 120.0), torch.ones(n, dtype=torch.bool)) for n in (5, 9, 2)]
+    items = [(torch.randn(padded_samples(n)), torch.full((n,), 120.0), torch.ones(n, dtype=torch.bool), n)
+             for n in (5, 9, 2)]
     batch = collate(items)
-    assert batch["mel"].shape == (3, 1, 80, 9)
+    assert batch["wave"].shape == (3, padded_samples(9)) and batch["seed"].tolist() == [5, 9, 2]
     assert batch["valid"].sum(1).tolist() == [5, 9, 2]
     assert not batch["voiced"][~batch["valid"]].any()  # no padded frame is voiced ...
     assert (batch["f0"][~batch["valid"]] == 0).all()    # ... or carries pitch
-    assert torch.equal(batch["mel"][0, 0, :, :5], items[0][0])
+    assert torch.equal(batch["wave"][0, : padded_samples(5)], items[0][0])
+    assert (batch["wave"][0, padded_samples(5):] == 0).all()
 
 
 def test_loader_batches_carry_masks(paths):
@@ -76,11 +99,12 @@ def test_same_seed_same_data_different_seed_different_data(paths):
     def first_epoch(seed, workers):
         loader = build_dataloader(MelDataset(paths, params), 2, workers, seed, "cpu", LOADER)
         loader.sampler.set_epoch(0)
-        return torch.cat([b["f0"] for b in loader])
+        return torch.cat([b["f0"] for b in loader]), torch.cat([b["wave"] for b in loader])
 
     a = first_epoch(seed=5, workers=0)
-    assert torch.equal(a, first_epoch(seed=5, workers=2))  # the worker that loads an item does not matter
-    assert not torch.equal(a, first_epoch(seed=6, workers=0))
+    b = first_epoch(seed=5, workers=2)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])  # the worker that loads an item does not matter
+    assert not torch.equal(a[0], first_epoch(seed=6, workers=0)[0])
 
 
 def test_sampler_skip_resumes_mid_epoch():
@@ -141,8 +165,8 @@ def test_pitch_shift_items_scale_the_cached_f0(paths):
     params = synthetic_params(1.0, world=False, pitch_shift=True)
     params["synthetic_data"]["apply_to_validation"] = True  # whole clips: labels comparable to the sources'
     dataset = MelDataset(paths, params, train=False)
-    mel, f0, voiced = dataset[(0, 11)]
-    assert mel.shape[-1] == f0.shape[0] and torch.equal(voiced, f0 > 0)
+    wave, f0, voiced, _ = dataset[(0, 11)]
+    assert mel_from_padded(wave[None]).shape[-1] == f0.shape[0] and torch.equal(voiced, f0 > 0)
     originals = [MelDataset(paths, dataset_params(), train=False)[i][1] for i in range(len(paths))]
     ratios = [f0[(f0 > 0) & (o > 0)] / o[(f0 > 0) & (o > 0)] for o in originals if len(o) == len(f0)]
     # the shifted clip's labels are one source's labels times one constant ratio
@@ -156,10 +180,32 @@ def test_blend_proportion_over_many_draws(paths):
     assert abs(sum(d is not None for d in draws) / 1000 - 0.3) <= 0.05
 
 
-def test_augmented_items_keep_labels_and_change_mels(paths):
-    params = dataset_params(max_mel_length=32)
-    params["augmentation"].update(enabled=True, probability=1.0)
-    augmented = MelDataset(paths, params, train=True)[(2, 4)]
-    plain = MelDataset(paths, dataset_params(max_mel_length=32), train=True)[(2, 4)]
-    assert torch.equal(augmented[1], plain[1])  # same crop, same labels
-    assert not torch.equal(augmented[0], plain[0])
+def pool_labels(folder):
+    pool = Pack(folder)
+    return [np.array(pool.clip(i)[1]) for i in range(len(pool))]
+
+
+def crop_of(f0, contours):
+    """Whether labels f0 are a window of one of the contours."""
+    f0 = f0.numpy()
+    return any(np.array_equal(c[s: s + len(f0)], f0) for c in contours for s in range(len(c) - len(f0) + 1))
+
+
+def test_synthetic_pool_is_rendered_per_generation_and_items_come_from_it(paths, tmp_path):
+    params = synthetic_params(1.0, world=True, pitch_shift=False)
+    params["synthetic_data"].update(pool_size=3, pool_refresh_epochs=2)
+    dataset = MelDataset(paths, params, train=True, pool_dir=tmp_path / "pool", seed=1)
+    dataset.prepare_epoch(0)
+    first = pool_labels(tmp_path / "pool")
+    assert len(first) == 3 and crop_of(dataset[(0, 5)][1], first)
+    manifest = tmp_path / "pool" / "pack.json"
+    stamp = manifest.stat().st_mtime_ns
+    dataset.prepare_epoch(1)  # same generation: not rendered again
+    assert manifest.stat().st_mtime_ns == stamp
+    dataset.prepare_epoch(2)
+    second = pool_labels(tmp_path / "pool")
+    assert not any(np.array_equal(a, b) for a in first for b in second if len(a) == len(b))
+    assert crop_of(dataset[(0, 5)][1], second)  # the dataset maps the refreshed pool
+    other = MelDataset(paths, params, train=True, pool_dir=tmp_path / "other", seed=1)
+    other.prepare_epoch(3)  # a resumed run renders the same pool for the same generation
+    assert all(np.array_equal(a, b) for a, b in zip(second, pool_labels(tmp_path / "other")))

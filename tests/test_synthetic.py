@@ -12,7 +12,7 @@ from audio import frame_times
 SR, HOP = 24000, 300
 WORLD = {  # the config block's values, shorter clips to keep the file fast
     "enabled": True, "weight": 0.5, "duration": [1.2, 2.0], "pitch_range": [70.0, 450.0],
-    "gain_db_range": [-12.0, 0.0],
+    "gain_db_range": [-12.0, 0.0], "creak_probability": 0.0,
     "modulation": {"vibrato_rate_hz": [4.0, 7.0], "vibrato_depth_cents": [0.0, 60.0],
                    "drift_cents": 300.0, "jitter_cents": 5.0},
 }
@@ -212,6 +212,37 @@ def test_pitch_shift_exact_ratio_and_skip(renders):
     sparse = np.zeros_like(f0)
     sparse[:5] = 150.0
     assert synthetic.pitch_shift_clip(audio, sparse, np.random.default_rng(0), params) is None
+
+
+def test_pitch_shift_stays_in_the_vocal_range_and_keeps_uncertain_frames(renders):
+    audio, f0, _ = renders[0]
+    f0 = f0.copy()
+    f0[np.flatnonzero(f0 > 0)[:3]] = np.nan  # uncertain consensus frames
+    lowest, highest = np.nanmin(f0[f0 > 0]), np.nanmax(f0[f0 > 0])
+    for semitones, bound in (([-48.0, -48.0], 50.0 / lowest), ([48.0, 48.0], 1000.0 / highest)):
+        params = dict(SHIFT, semitones=semitones, gain_db_range=[0.0, 0.0])
+        _, new_f0 = synthetic.pitch_shift_clip(audio, f0, np.random.default_rng(0), params)
+        assert np.array_equal(np.isnan(new_f0), np.isnan(f0)) and np.array_equal(new_f0 == 0, f0 == 0)
+        voiced = new_f0 > 0
+        np.testing.assert_allclose(new_f0[voiced], f0[voiced] * bound, rtol=1e-5)  # pushed to the range's edge
+        assert 50.0 * (1 - 1e-5) <= new_f0[voiced].min() and new_f0[voiced].max() <= 1000.0 * (1 + 1e-5)
+
+
+def test_world_creak_falls_to_irregular_low_f0():
+    params = dict(WORLD, creak_probability=1.0, pitch_range=[150.0, 150.0])
+    creaky = []
+    for seed in range(3):
+        audio, f0 = synthetic.render_world_utterance(np.random.default_rng(seed), params)
+        voiced = np.flatnonzero(f0 > 0)
+        runs = np.split(voiced, np.flatnonzero(np.diff(voiced) > 1) + 1)
+        ends = np.concatenate([run[-5:] for run in runs if len(run) >= 10])
+        creaky.append(f0[ends])
+        ref = harvest(audio)
+        both = (ref > 0) & (f0 > 0) & (f0 < 75)
+        assert np.median(np.abs(cents(ref[both], f0[both]))) < 100  # the creak is in the audio (base: 150 Hz)
+    creaky = np.concatenate(creaky)
+    assert np.median(creaky) < 80 and creaky.min() >= synthetic.F0_RANGE_HZ[0] * (1 - 1e-5)
+    assert np.std(np.diff(1200 * np.log2(creaky))) > 50  # irregular, not a smooth glide
 
 
 # --------------------------------------------------------------------------- blending

@@ -120,8 +120,8 @@ def test_nan_batch_is_skipped_and_three_in_a_row_stop(tmp_path):
     trainer = Trainer(config, config["log_dir"], prepare_labels(config))
     batch = next(iter(trainer.train_loader))
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-    poisoned = dict(batch, mel=batch["mel"].clone())
-    poisoned["mel"][0, 0, 5, 3] = float("nan")
+    poisoned = dict(batch, wave=batch["wave"].clone())  # batches carry waveforms; the mel is made on the device
+    poisoned["wave"][0, 3000] = float("nan")
     assert trainer.train_step(poisoned) is None
     assert all(torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
     assert trainer.train_step(batch) is not None and trainer.nonfinite_run == 0

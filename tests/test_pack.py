@@ -1,0 +1,108 @@
+"""pack.py: a pack gives exactly the files' audio, labels and items; a changed source is re-packed, the rest
+copied; a damaged pack is a one-line error; the command builds and verifies."""
+import copy
+import os
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from click.testing import CliRunner
+
+import pack
+from audio import load_audio, read_file_list
+from conftest import glide_clip, tiny_config
+from config_defaults import DEFAULTS
+from f0_labels import cached_f0, label_settings
+from meldataset import MelDataset
+
+PARAMS = copy.deepcopy(DEFAULTS["dataset_params"])
+PARAMS["max_mel_length"] = 32
+
+
+@pytest.fixture
+def packed(corpus, tmp_path):
+    paths = read_file_list(corpus[0])
+    built, counts = pack.build_pack(paths, tmp_path / "train.pack", label_settings(PARAMS["f0_params"]), workers=1)
+    return paths, built, counts
+
+
+def test_round_trip_is_identical_to_the_files_path(packed):
+    paths, built, counts = packed
+    assert counts == {"packed": len(paths), "reused": 0, "skipped": 0} and built.paths == paths
+    labels = label_settings(PARAMS["f0_params"])
+    for index, path in enumerate(paths):
+        samples, f0 = built.clip(index)
+        assert samples.dtype == np.int16
+        assert np.array_equal(samples * np.float32(built.scale), load_audio(path))  # 16-bit 24 kHz: exact
+        assert np.array_equal(f0, cached_f0(path, labels), equal_nan=True)
+    assert built.verify() == len(paths)
+    for train in (True, False):  # the loader's items are the same, crops and all
+        from_files, from_pack = MelDataset(paths, PARAMS, train=train), MelDataset(built, PARAMS, train=train)
+        for key in ((0, 3), (2, 17), (5, 99)):
+            for a, b in zip(from_files[key], from_pack[key]):
+                torch.testing.assert_close(torch.as_tensor(a), torch.as_tensor(b), rtol=0, atol=0, equal_nan=True)
+
+
+def test_a_changed_source_is_repacked_and_the_rest_copied(packed, tmp_path):
+    paths, built, _ = packed
+    changed = glide_clip(150.0, 90.0, 1.1, np.random.default_rng(7))
+    sf.write(paths[2], changed, 24000)
+    stat = os.stat(paths[2])
+    os.utime(paths[2], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a new mtime even on coarse clocks
+    old_audio = [np.array(built.clip(i)[0]) for i in range(len(paths))]
+    rebuilt, counts = pack.build_pack(paths, tmp_path / "train.pack", label_settings(PARAMS["f0_params"]), workers=1)
+    assert counts == {"packed": 1, "reused": len(paths) - 1, "skipped": 0}
+    assert np.array_equal(rebuilt.clip(2)[0] * np.float32(rebuilt.scale), load_audio(paths[2]))
+    assert len(rebuilt.clip(2)[1]) == 1 + len(load_audio(paths[2])) // 300
+    for i in set(range(len(paths))) - {2}:
+        assert np.array_equal(rebuilt.clip(i)[0], old_audio[i])
+    data_files = [n for n in os.listdir(tmp_path / "train.pack") if n != "pack.json"]
+    assert len(data_files) == 2  # the previous build's data files are gone
+    assert rebuilt.verify() == len(paths)
+
+
+def one_line(error):
+    message = str(error.value)
+    assert "\n" not in message and "rebuild" in message, message
+    return message
+
+
+def test_a_damaged_pack_is_a_one_line_error(packed, tmp_path):
+    _, built, _ = packed
+    folder = tmp_path / "train.pack"
+    audio = folder / built.manifest["audio"]
+    payload = bytearray(audio.read_bytes())
+    payload[1001] ^= 0xFF
+    audio.write_bytes(bytes(payload))
+    with pytest.raises(pack.PackError) as error:
+        pack.Pack(folder).verify()
+    assert built.paths[0] in one_line(error) and "checksum" in str(error.value)
+    audio.write_bytes(bytes(payload[:-10]))  # truncated
+    with pytest.raises(pack.PackError) as error:
+        pack.Pack(folder)
+    assert str(audio) in one_line(error)
+    (folder / "pack.json").write_text('{"format": 1, "entries": [')
+    with pytest.raises(pack.PackError) as error:
+        pack.Pack(folder)
+    assert "damaged pack.json" in one_line(error)
+    result = CliRunner().invoke(pack.main, ["verify", str(folder)])
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert result.exit_code == 1 and len(errors) == 1 and "Traceback" not in result.output, result.output
+
+
+def test_the_command_builds_and_verifies_and_training_reads_the_pack(tmp_path):
+    config_path = tiny_config(tmp_path)
+    train_list = tmp_path / "data" / "train_list.txt"
+    folder = tmp_path / "data" / "train.pack"
+    result = CliRunner().invoke(pack.main, ["build", str(train_list), str(folder), "--config_path", config_path,
+                                            "--workers", "1"])
+    assert result.exit_code == 0 and "6 clips" in result.output and "6 packed" in result.output, result.output
+    again = CliRunner().invoke(pack.main, ["build", str(train_list), str(folder), "--config_path", config_path])
+    assert "0 packed, 6 unchanged" in again.output, again.output
+    assert "all checksums match" in CliRunner().invoke(pack.main, ["verify", str(folder)]).output
+    import train  # the trainer takes a pack where a list file was named
+    from config import load_config
+    config = load_config(config_path, [f"train_data={folder}"])
+    data = train.prepare_labels(config)
+    assert isinstance(data["train"], pack.Pack) and len(data["train"]) == 6 and isinstance(data["val"], list)
