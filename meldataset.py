@@ -191,7 +191,9 @@ def ignore_stop_signals(worker_id):
     def take_sigterm():
         while signal.sigwaitinfo({signal.SIGTERM}).si_pid != parent:
             pass  # a group-wide signal: the main process stops this worker once it has saved
-        os._exit(128 + signal.SIGTERM)  # terminate() from the parent: end as SIGTERM would
+        # terminate() from the parent (at its exit, or on a worker that did not stop in time). Status 0: PyTorch's
+        # SIGCHLD check, still armed at interpreter exit, reports any other status as a crashed worker.
+        os._exit(0)
 
     threading.Thread(target=take_sigterm, name="sigterm-from-parent", daemon=True).start()
 

@@ -308,14 +308,15 @@ class Trainer:
     def _save(self, path):
         """Rank 0 writes; every rank waits for it, so none can end the job before the file is complete.
 
-        Weights holding a NaN or an infinity are never written (every rank holds the same weights, so all stop
-        together): the checkpoints on disk keep the last finite state."""
-        bad = nonfinite_tensors(self.model.state_dict())
-        if bad:
+        Weights holding a NaN or an infinity are never written: rank 0's (the ones it would write) are checked
+        and every rank stops with it, so the checkpoints on disk keep the last finite state."""
+        bad = nonfinite_tensors(self.model.state_dict()) if distributed.is_main() else []
+        if distributed.all_max([int(bool(bad))])[0]:
+            names = f" ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})" if bad else ""
             raise TrainingStopped(
-                f"non-finite weights after step {self.step} ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}): "
-                f"training diverged; nothing was saved, so the checkpoints in {self.run_dir} keep the last finite "
-                "state. Lower optimizer_params.lr or set training.grad_clip")
+                f"non-finite weights after step {self.step}{names}: training diverged; nothing was saved, so the "
+                f"checkpoints in {self.run_dir} keep the last finite state. Lower optimizer_params.lr or set "
+                "training.grad_clip")
         if distributed.is_main():
             save_checkpoint(self._state(), path)
         distributed.barrier()
