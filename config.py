@@ -54,12 +54,14 @@ NON_NEGATIVE = ("num_workers", "loss_params.lambda_vuv", "training.grad_clip", "
                 f"{_F0}.min_voiced_frames", "training.max_minutes", "optimizer_params.weight_decay",
                 "optimizer_params.eps", "optimizer_params.min_lr", f"{_F0}.torchcrepe.median_filter_size",
                 "model_params.f0_init_hz",
-                f"{_SYNTH}.pitch_shift.weight", f"{_SYNTH}.world.weight")
+                f"{_SYNTH}.pitch_shift.weight", f"{_SYNTH}.world.weight",
+                f"{_SYNTH}.resynthesis.weight", f"{_SYNTH}.resynthesis.smoothing_frames")
 FRACTIONS = ("loss_params.vuv_initial_threshold", f"{_SYNTH}.proportion", f"{_F0}.pyworld.d4c_threshold",
              "optimizer_params.pct_start", "optimizer_params.warmup_pct", "model_params.cnn_dropout",
              "model_params.lstm.dropout", "model_params.transformer.dropout", f"{_F0}.torchcrepe.periodicity_threshold",
              f"{_F0}.swiftf0.confidence_threshold", f"{_F0}.praat.silence_threshold", f"{_F0}.praat.voicing_threshold",
-             f"{_SYNTH}.pitch_shift.min_voiced_fraction", f"{_SYNTH}.world.creak_probability",
+             f"{_SYNTH}.pitch_shift.min_voiced_fraction", f"{_SYNTH}.resynthesis.min_voiced_fraction",
+             f"{_SYNTH}.world.creak_probability",
              "dataset_params.augmentation.probability")
 # (low, high) pairs that must be ordered: low < high.
 ORDERED = ((f"{_F0}.pyworld.f0_floor", f"{_F0}.pyworld.f0_ceil"), (f"{_F0}.torchcrepe.fmin", f"{_F0}.torchcrepe.fmax"),
@@ -239,6 +241,9 @@ def check_values(config):
     median = config["dataset_params"]["f0_params"]["torchcrepe"]["median_filter_size"]
     if median > 1 and median % 2 == 0:
         fail(f"{_F0}.torchcrepe.median_filter_size", "must be odd (0 or 1: no smoothing)")
+    smoothing = config["dataset_params"]["synthetic_data"]["resynthesis"]["smoothing_frames"]
+    if smoothing > 1 and smoothing % 2 == 0:
+        fail(f"{_SYNTH}.resynthesis.smoothing_frames", "must be odd (0 or 1: no smoothing)")
     noise = config["dataset_params"]["augmentation"]["noise_types"]
     if any(kind not in NOISE_TYPES for kind in noise):
         fail("dataset_params.augmentation.noise_types", f"must list noise types from {', '.join(NOISE_TYPES)}")

@@ -273,8 +273,8 @@ def json_safe(value):
     return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
-def write_results(out, rows, reference, settings):
-    """results.csv and results.json in `out`, each written atomically (never half a file)."""
+def write_results(out, rows, reference, settings, bands=()):
+    """results.csv and results.json (with the --by-band rows under "bands") in `out`, each written atomically."""
     os.makedirs(out, exist_ok=True)
     table = io.StringIO(newline="")
     writer = csv.DictWriter(table, fieldnames=list(rows[0]))
@@ -282,7 +282,8 @@ def write_results(out, rows, reference, settings):
     writer.writerows(rows)
     write_atomically(os.path.join(out, "results.csv"), table.getvalue().encode())
     document = {"reference": os.path.abspath(reference), "systems": settings,
-                "rows": [{k: json_safe(v) for k, v in row.items()} for row in rows]}
+                "rows": [{k: json_safe(v) for k, v in row.items()} for row in rows],
+                "bands": [{k: json_safe(v) for k, v in row.items()} for row in bands]}
     write_atomically(os.path.join(out, "results.json"), json.dumps(document, indent=1).encode())
 
 
@@ -334,11 +335,12 @@ def main(reference, checkpoints, backends, by_condition, by_band, out, save_pred
         torch.set_num_threads(previous_threads)  # the command may run inside another program (tests)
     rows = score_rows(records, by_condition)
     click.echo(format_table(rows))
-    if by_band:
-        click.echo(format_band_table(band_rows(records)))
+    bands = band_rows(records) if by_band else []
+    if bands:
+        click.echo(format_band_table(bands))
     if out:
         try:
-            write_results(out, rows, reference, settings)
+            write_results(out, rows, reference, settings, bands)
         except OSError as error:
             raise click.ClickException(write_error(error)) from None
         click.echo(f"wrote {os.path.join(out, 'results.csv')} and results.json")

@@ -11,8 +11,10 @@ from audio import load_audio
 from f0_labels import cached_f0, label_settings
 from features import padded_crop, padded_samples
 from pack import Pack
-from synthetic import draw_synthetic_kind, pitch_shift_clip, render_world_utterance
+from synthetic import draw_synthetic_kind, pitch_shift_clip, render_world_utterance, resynthesis_clip
 from synthetic_pool import SyntheticPool
+
+REAL_VOICE_KINDS = {"pitch_shift": pitch_shift_clip, "resynthesis": resynthesis_clip}  # synthetic kinds made from a training clip
 
 
 class SeededSampler(torch.utils.data.Sampler):
@@ -114,11 +116,11 @@ class MelDataset(torch.utils.data.Dataset):
         return self._synthetic(rng, draw_synthetic_kind(rng, dict(self.synth, proportion=1.0)))
 
     def _synthetic(self, rng, kind):
-        if kind == "pitch_shift":
+        if kind in REAL_VOICE_KINDS:
             for _ in range(3):  # a few tries: sources with too little voicing are skipped
-                shifted = pitch_shift_clip(*self.wave(rng.integers(len(self))), rng, self.synth["pitch_shift"])
-                if shifted is not None:
-                    return shifted
+                made = REAL_VOICE_KINDS[kind](*self.wave(rng.integers(len(self))), rng, self.synth[kind])
+                if made is not None:
+                    return made
             kind = "world" if self.synth["world"]["enabled"] else None
         if kind == "world":
             return render_world_utterance(rng, self.synth["world"])

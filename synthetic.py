@@ -1,4 +1,4 @@
-"""Training data whose F0 is known by construction: WORLD renders and pitch-shifted real clips.
+"""Training data whose F0 is known by construction: WORLD renders, pitch-shifted and resynthesised real clips.
 
 Everything here works on the repo's frame grid: 24 kHz mono float32 audio, hop 300 samples
 (12.5 ms), a clip of N samples has 1 + N // 300 frames, frame i is centred at sample 300 * i.
@@ -6,19 +6,23 @@ F0 arrays are float32 Hz on that grid, 0 = unvoiced. Every random choice comes f
 Generator `rng` passed in, so the same seed gives the same output.
 
 Public surface (used by meldataset.py):
-  draw_synthetic_kind(rng, synth_params)            -> 'world' | 'pitch_shift' | None
+  draw_synthetic_kind(rng, synth_params)            -> one of SYNTHETIC_KINDS or None
   render_world_utterance(rng, world_params)         -> (audio, f0): speech-like WORLD rendering
   pitch_shift_clip(audio, f0, rng, shift_params)    -> (audio, f0) or None
+  resynthesis_clip(audio, f0, rng, resynth_params)  -> (audio, f0) or None: a real clip through WORLD
+  world_resynthesise(audio, f0, semitones)          -> (audio, f0): WORLD resynthesis with a given contour
 Label-preserving augmentation (noise, reverb, band-limiting, gain) is augment.py's.
 """
 
 import numpy as np
 from scipy.interpolate import PchipInterpolator
+from scipy.ndimage import median_filter
 
-from audio import FRAME_PERIOD_MS, HOP_LENGTH, SAMPLE_RATE, num_frames  # the repo's one frame grid
+from audio import FRAME_PERIOD_MS, HOP_LENGTH, SAMPLE_RATE, frame_times, num_frames  # the repo's one frame grid
 from augment import db_to_amplitude, peak_limit, uniform
 
 F0_RANGE_HZ = (50.0, 1000.0)  # the vocal range every F0 component covers (pitch shifts stay inside it)
+SYNTHETIC_KINDS = ("world", "pitch_shift", "resynthesis")  # the synthetic_data blocks an item can be drawn from
 
 # ---------------------------------------------------------------------------------------------
 # Small helpers
@@ -30,16 +34,32 @@ def _log_uniform(rng, bounds):
     return lo if hi <= lo else float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
 
 
+def _too_little_voicing(f0, min_voiced_fraction):
+    """Whether fewer than `min_voiced_fraction` of the frames are voiced (uncertain NaN frames are not)."""
+    return len(f0) == 0 or np.mean(f0 > 0) < float(min_voiced_fraction)
+
+
+def _draw_shift(rng, voiced_f0, semitones):
+    """Semitones uniform in the range `semitones`, narrowed so voiced_f0 (Hz, all > 0) stays in F0_RANGE_HZ.
+
+    A wide range then pushes each clip towards both ends of the vocal range; no shift is always
+    allowed, for a clip already outside it.
+    """
+    lowest, highest = float(voiced_f0.min()), float(voiced_f0.max())
+    feasible = (min(12.0 * np.log2(F0_RANGE_HZ[0] / lowest), 0.0), max(12.0 * np.log2(F0_RANGE_HZ[1] / highest), 0.0))
+    return uniform(rng, np.clip(semitones, *feasible))
+
+
 # ---------------------------------------------------------------------------------------------
 # Blending: is an item synthetic, and which kind
 # ---------------------------------------------------------------------------------------------
 
 
 def draw_synthetic_kind(rng, synth_params):
-    """'world', 'pitch_shift' or None (use the real item), for one item with its own rng.
+    """One of SYNTHETIC_KINDS or None (use the real item), for one item with its own rng.
 
     With probability `proportion` the item is synthetic; its kind is then drawn among the
-    enabled kinds (`world`, `pitch_shift`) in proportion to their `weight`s. None when
+    enabled kinds (`world`, `pitch_shift`, `resynthesis`) in proportion to their `weight`s. None when
     synthetic data is disabled or no kind is enabled with a positive weight. Whether the split
     should use synthetic data at all (`apply_to_validation`) is the caller's decision.
     """
@@ -47,7 +67,7 @@ def draw_synthetic_kind(rng, synth_params):
         return None
     kinds = [
         (name, float(synth_params[name]["weight"]))
-        for name in ("world", "pitch_shift")
+        for name in SYNTHETIC_KINDS
         if synth_params[name]["enabled"]
     ]
     kinds = [(name, weight) for name, weight in kinds if weight > 0]
@@ -75,13 +95,9 @@ def pitch_shift_clip(audio, f0, rng, shift_params):
     import librosa  # imported here: only this path needs it, and it is slow to import
 
     f0 = np.asarray(f0, dtype=np.float32)
-    voiced = f0 > 0
-    if len(f0) == 0 or voiced.mean() < float(shift_params["min_voiced_fraction"]):
+    if _too_little_voicing(f0, shift_params["min_voiced_fraction"]):
         return None
-    lowest, highest = float(f0[voiced].min()), float(f0[voiced].max())
-    # The shifts that keep the voiced F0 in range (no shift is always allowed, for a clip already outside it).
-    feasible = (min(12.0 * np.log2(F0_RANGE_HZ[0] / lowest), 0.0), max(12.0 * np.log2(F0_RANGE_HZ[1] / highest), 0.0))
-    semitones = uniform(rng, np.clip(shift_params["semitones"], *feasible))
+    semitones = _draw_shift(rng, f0[f0 > 0], shift_params["semitones"])
     gain_db = uniform(rng, shift_params["gain_db_range"])
     audio = np.asarray(audio, dtype=np.float32)
     shifted = librosa.effects.pitch_shift(audio, sr=SAMPLE_RATE, n_steps=semitones)
@@ -328,10 +344,7 @@ def _spectra(plan, speaker, voiced, level_db, breath_db, damping):
         periodic = formant_power[vfric] * level[vfric] * (1.0 - ap[vfric])
         sp[vfric] = periodic + noise + formant_power[vfric] * level[vfric] * ap[vfric]
         ap[vfric] = 1.0 - periodic / sp[vfric]
-    low_band = _FREQS < 1500.0
-    ap[:, low_band] = np.minimum(ap[:, low_band], 0.2)  # labelled voiced => clearly periodic
-    ap[~voiced] = 1.0
-    return sp, ap
+    return sp, _clearly_periodic(ap, voiced)
 
 
 def _creak(rng, n_fine, f0, voiced, probability):
@@ -426,17 +439,31 @@ def _levels(rng, plan, voiced, speaker):
     return level, np.minimum(breath, -8.0), damping
 
 
-def _to_world_grid(values, voiced, code):
-    """Label-frame rows -> WORLD-grid rows by linear interpolation, except across a voicing
-    change or a burst, where each WORLD frame takes its own label cell's row (sharp edge)."""
-    n = len(voiced)
+def _to_world_grid(values, sharp):
+    """Label-frame rows (2-D) -> WORLD-grid rows by linear interpolation (as WORLD interpolates between
+    its frames), except after a label frame k with sharp[k] (a voicing change, a burst), where
+    each WORLD frame takes its own label cell's row (sharp edge). sharp[-1] is unused."""
+    n = len(values)
     j = np.arange((n - 1) * _SUB + 1)
     left = j // _SUB
     right = np.minimum(left + 1, n - 1)
     w = (j % _SUB) / _SUB
-    hard = (voiced[left] != voiced[right]) | (code[left] == BURST) | (code[right] == BURST)
-    w = np.where(hard, (w > 0.5).astype(float), w)[:, None]
+    w = np.where(sharp[left], (w > 0.5).astype(float), w)[:, None]
     return values[left] * (1.0 - w) + values[right] * w
+
+
+def _voicing_changes(voiced):
+    """Per label frame: whether the next frame's voicing differs (False for the last frame)."""
+    return np.r_[voiced[:-1] != voiced[1:], False]
+
+
+def _clearly_periodic(ap, voiced):
+    """Aperiodicity with the low band (< 1.5 kHz) of voiced frames at most 0.2 and unvoiced frames
+    fully aperiodic: whatever is labelled voiced is clearly periodic, whatever is not is noise."""
+    low_band = np.fft.rfftfreq(2 * (ap.shape[1] - 1), 1.0 / SAMPLE_RATE) < 1500.0  # any FFT size
+    ap = np.where(low_band[None, :], np.minimum(ap, 0.2), ap)
+    ap[~voiced] = 1.0
+    return ap
 
 
 def render_world_utterance(rng, world_params):
@@ -466,10 +493,98 @@ def render_world_utterance(rng, world_params):
 
     f0_fine = _f0_contour(rng, (len(code) - 1) * _SUB + 1, base_f0, world_params, plan, voiced)
     voiced_fine = voiced[(np.arange(len(f0_fine)) + _SUB // 2) // _SUB]
-    audio = pyworld.synthesize(np.where(voiced_fine, f0_fine, 0.0), _to_world_grid(sp, voiced, code),
-                               np.clip(_to_world_grid(ap, voiced, code), 1e-6, 1.0),
+    sharp = _voicing_changes(voiced) | np.r_[(code[:-1] == BURST) | (code[1:] == BURST), False]
+    audio = pyworld.synthesize(np.where(voiced_fine, f0_fine, 0.0), _to_world_grid(sp, sharp),
+                               np.clip(_to_world_grid(ap, sharp), 1e-6, 1.0),
                                SAMPLE_RATE, FRAME_PERIOD_MS / _SUB)[:n_samples]
     peak = float(np.max(np.abs(audio))) or 1.0
     audio = audio * (db_to_amplitude(uniform(rng, world_params["gain_db_range"])) / peak)
     f0 = np.where(voiced[:n_frames], f0_fine[::_SUB][:n_frames], 0.0)
     return audio.astype(np.float32), f0.astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# WORLD resynthesis of real clips with a given contour
+# ---------------------------------------------------------------------------------------------
+# The clip's own spectral envelope and aperiodicity are analysed on the label grid with the given
+# F0 and resynthesised on the fine WORLD grid as render_world_utterance does, so the label's
+# voicing edges fall on the cell edges and no F0 glide leaks into the frames next to them.
+
+MAX_FILLED_GAP_FRAMES = 3  # uncertain (NaN) gaps up to this long inside a voiced run are resynthesised voiced
+
+
+def world_resynthesise(audio, f0, semitones=0.0):
+    """WORLD resynthesis of `audio` with the contour `f0` scaled by 2**(semitones/12); returns (audio, exact f0).
+
+    audio: 24 kHz mono; f0: Hz on the repo grid (1 + len(audio) // 300 frames, 0 = unvoiced, NaN =
+    uncertain), the clip's F0 as well as it is known: CheapTrick and D4C analyse the clip with it.
+    The scaled contour is clipped to F0_RANGE_HZ and synthesised; it is returned as the label
+    (float32, exact by construction), with the audio (float32, same length, peak-limited).
+    """
+    import pyworld
+
+    audio = np.asarray(audio, dtype=np.float32)
+    n_frames = num_frames(len(audio))
+    if len(f0) != n_frames:
+        raise ValueError(f"world_resynthesise: {len(f0)} F0 frames for {len(audio)} samples (expected {n_frames})")
+    # Uncertain frames are analysed and synthesised unvoiced: their F0 is unknown, so a voiced frame there
+    # would carry a guessed pitch, while unvoiced (WORLD noise) its label is exactly 0.
+    given = np.nan_to_num(np.asarray(f0, dtype=np.float64), nan=0.0)
+    given = np.r_[given, given[-1]]  # one frame past the end, so that the WORLD grid covers every sample
+    times = frame_times(len(given))
+    x = audio.astype(np.float64)
+    fft_size = pyworld.get_cheaptrick_fft_size(SAMPLE_RATE, F0_RANGE_HZ[0])  # windows long enough for 50 Hz
+    sp = pyworld.cheaptrick(x, given, times, SAMPLE_RATE, fft_size=fft_size)
+    # threshold 0: D4C keeps every frame given voiced voiced (its own voicing check would make some pure noise)
+    ap = pyworld.d4c(x, given, times, SAMPLE_RATE, threshold=0.0, fft_size=fft_size)
+    voiced = given > 0
+    target = np.where(voiced, np.clip(given * 2.0 ** (semitones / 12.0), *F0_RANGE_HZ), 0.0)
+    sharp = _voicing_changes(voiced)
+    out = pyworld.synthesize(_to_world_grid(target[:, None], sharp)[:, 0], _to_world_grid(sp, sharp),
+                             np.clip(_to_world_grid(_clearly_periodic(ap, voiced), sharp), 1e-6, 1.0),
+                             SAMPLE_RATE, FRAME_PERIOD_MS / _SUB)[: len(audio)]
+    return peak_limit(out).astype(np.float32), target[:n_frames].astype(np.float32)
+
+
+def _fill_uncertain_gaps(f0, max_frames):
+    """f0 with each run of at most `max_frames` NaN frames between two voiced frames interpolated in log-F0.
+
+    Such a gap is a short consensus disagreement inside a voiced run; leaving it unvoiced would punch
+    a noise hole into the middle of a vowel.
+    """
+    f0 = f0.copy()
+    for start, stop in _voiced_runs(np.isnan(f0)):
+        if stop - start <= max_frames and start > 0 and stop < len(f0) and f0[start - 1] > 0 and f0[stop] > 0:
+            ends = np.log([f0[start - 1], f0[stop]])
+            f0[start:stop] = np.exp(np.interp(np.arange(start, stop), [start - 1, stop], ends))
+    return f0
+
+
+def median_smoothed(f0, frames):
+    """f0 with each voiced run median-filtered over `frames` frames (edges repeated; 0 or 1: unchanged)."""
+    f0 = f0.copy()
+    if frames > 1:
+        for start, stop in _voiced_runs(f0 > 0):
+            f0[start:stop] = median_filter(f0[start:stop], size=frames, mode="nearest")
+    return f0
+
+
+def resynthesis_clip(audio, f0, rng, resynth_params):
+    """A real clip resynthesised by WORLD with its smoothed consensus contour, shifted; labels exact.
+
+    audio: 24 kHz mono; f0: its label on the repo grid (Hz, 0 = unvoiced, NaN = uncertain). Uncertain
+    gaps of up to MAX_FILLED_GAP_FRAMES inside voiced runs are interpolated, longer ones become
+    unvoiced; each voiced run is median-filtered over `smoothing_frames` (label jitter would otherwise
+    become real jitter). The shift is uniform in `semitones`, narrowed so the voiced F0 stays inside
+    F0_RANGE_HZ, the gain uniform in `gain_db_range` (dB; scaled down if it would clip). Returns
+    (audio float32 of the same length, the synthesised F0 float32: no NaN), or None when fewer than
+    `min_voiced_fraction` of the frames are voiced.
+    """
+    f0 = np.asarray(f0, dtype=np.float32)
+    if _too_little_voicing(f0, resynth_params["min_voiced_fraction"]):
+        return None
+    contour = median_smoothed(_fill_uncertain_gaps(f0, MAX_FILLED_GAP_FRAMES), int(resynth_params["smoothing_frames"]))
+    semitones = _draw_shift(rng, contour[contour > 0], resynth_params["semitones"])
+    gain_db = uniform(rng, resynth_params["gain_db_range"])
+    out, label = world_resynthesise(audio, contour, semitones)
+    return peak_limit(out * np.float32(db_to_amplitude(gain_db))).astype(np.float32), label

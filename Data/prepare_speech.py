@@ -29,17 +29,16 @@ Sources (both GPL-2):
 
 Pipeline: download -> extract to a temporary folder -> keep speech -> 24 kHz mono (audio.load_audio),
 silence edges trimmed (-40 dB re clip peak, 0.1 s margin kept), clips < 0.5 s skipped ->
-<out>/wav/<speaker>/<name>.wav (16-bit) -> F0 labels through the default cascade
-(f0_labels.precompute with Configs/config.yml's f0_params: PyWorld harvest, dio fallback, StoneMask,
-D4C voicing check;
+<out>/wav/<speaker>/<name>.wav (16-bit) -> F0 labels with the default f0_params (f0_labels.precompute
+with Configs/config.yml's: consensus of harvest, swiftf0 and praat at 50-1000 Hz, NaN where they disagree;
 caches beside the wavs) -> speaker-disjoint split -> <out>/train_list.txt, <out>/val_list.txt
 (`wav/<speaker>/<name>.wav|<speaker>`, relative to the list's folder, which read_file_list resolves).
 Clips whose labels failed (no backend found voicing) are left out of both lists. Re-running skips
 wavs already written and verifies the label caches instead of recomputing them.
 
 A run on 2 CPU cores (Nov 2026): ~290 MB downloaded, 9530 clips / 318 min kept from 27 speakers,
-~970 MB of wavs, 41 min in all (40 of them PyWorld labelling). Median-F0 spreads per speaker and
-MFCC statistics per group agree with the heuristic: each large group is consistent in itself and far
+~970 MB of wavs, 41 min in all (40 of them labelling, then by the harvest cascade). Median-F0 spreads
+per speaker and MFCC statistics per group agree with the heuristic: each large group is consistent in itself and far
 from all others; en and pt are visibly two people each (descriptions vs. spoken digits), which merging
 keeps on one side of the split.
 
@@ -509,7 +508,7 @@ def main(out, workers, val_speakers, sources, debs, keep_debs):
         raise RecipeError("no speech recordings were found in the packages; nothing to write")
 
     f0_params = default_f0_params()
-    click.echo(f"labelling {len(kept)} clips ({sum(s for _, _, s in kept) / 60:.1f} min) with the default cascade")
+    click.echo(f"labelling {len(kept)} clips ({sum(s for _, _, s in kept) / 60:.1f} min) with the default f0_params")
     label_summary = precompute([path for path, _, _ in kept], f0_params, workers)
     click.echo(format_summary(label_summary))
     labels = label_stats(kept, f0_params)

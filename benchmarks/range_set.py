@@ -32,27 +32,27 @@ from config_defaults import DEFAULTS  # noqa: E402
 
 PACKAGES = ("fillets-ng-data-cs", "fillets-ng-data")
 SPEAKERS = ("fillets_cs_big", "fillets_cs_small")
+SMOOTHING_FRAMES = 5  # median filter over each voiced run of the source contour
 
 
 def resynthesise(audio, target_median_hz, max_shift):
-    """(audio, exact F0 on the model grid, semitones): WORLD analysis, F0 scaled, resynthesis."""
+    """(audio, exact F0 on the model grid, semitones): harvest + StoneMask F0, one shift, WORLD resynthesis."""
     import pyworld
 
     x = audio.astype(np.float64)
     f0, times = pyworld.harvest(x, SAMPLE_RATE, f0_floor=50.0, f0_ceil=1000.0, frame_period=FRAME_PERIOD_MS)
     f0 = pyworld.stonemask(x, f0, times, SAMPLE_RATE)
-    sp = pyworld.cheaptrick(x, f0, times, SAMPLE_RATE)
-    ap = pyworld.d4c(x, f0, times, SAMPLE_RATE)
+    n = num_frames(len(audio))
+    f0 = np.pad(f0, (0, max(0, n - len(f0))))[:n]  # harvest's frame count can be one off the model grid's
     voiced = f0 > 0
     if voiced.sum() < 20:
         return None
     semitones = float(np.clip(12 * np.log2(target_median_hz / np.median(f0[voiced])), -max_shift, max_shift))
-    shifted = np.clip(f0 * 2 ** (semitones / 12), 0.0, synthetic.F0_RANGE_HZ[1])
-    out = pyworld.synthesize(shifted, sp, ap, SAMPLE_RATE, FRAME_PERIOD_MS).astype(np.float32)
-    n = num_frames(len(out))
-    label = np.zeros(n, np.float32)
-    label[: min(n, len(shifted))] = shifted[:n]
-    return out / max(1.0, float(np.abs(out).max())), label, semitones
+    # Harvest's frame-to-frame jumps on the source are analysis errors, not the voice: resynthesised as they
+    # are, they would become reference F0 that no tracker (windows of several periods) can follow.
+    f0 = synthetic.median_smoothed(f0, SMOOTHING_FRAMES)
+    out, label = synthetic.world_resynthesise(audio, f0, semitones)
+    return out, label, semitones
 
 
 def write_clip(out, clip_id, audio, f0, rows):

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 import evaluate
 from audio import SAMPLE_RATE
 from f0_helpers import harmonic_tone
+from metrics import F0_BANDS_HZ, band_name
 from test_model import randomised_lstm_model
 
 # An independent scorer to agree with: the evaluation benchmark's score.py, where a developer has it.
@@ -58,20 +59,22 @@ def evaluated(tmp_path_factory):
     torch.save({"net": randomised_lstm_model().state_dict(), "vuv_threshold": 0.4,
                 "config": {"model_params": {"sequence_model": "lstm"}}}, checkpoint)
     result = CliRunner().invoke(evaluate.main, [
-        "--reference", str(corpus), "--checkpoint", str(checkpoint), "--backends", "harvest", "--by-condition",
+        "--reference", str(corpus), "--checkpoint", str(checkpoint), "--backends", "harvest", "--by-condition", "--by-band",
         "--out", str(root / "out"), "--save-predictions", str(root / "pred"), "--device", "cpu"])
     assert result.exit_code == 0, result.output
     with open(root / "out" / "results.json") as handle:
         results = json.load(handle)
     return {"root": root, "corpus": corpus, "checkpoint": str(checkpoint), "output": result.stdout,
-            "rows": {(row["system"], row["condition"]): row for row in results["rows"]}, "json": results}
+            "rows": {(row["system"], row["condition"]): row for row in results["rows"]}, "json": results,
+            "bands": {(row["system"], row["band_hz"]): row for row in results["bands"]}}
 
 
 def test_table_has_a_row_per_system_and_condition(evaluated):
     systems = (evaluated["checkpoint"], "harvest")
     conditions = ("all", "clean", "white20", "shift+7")
     assert list(evaluated["rows"]) == [(system, name) for system in systems for name in conditions]
-    table = evaluated["output"].splitlines()
+    lines = evaluated["output"].splitlines()
+    table = lines[: next(i for i, line in enumerate(lines) if "band_hz" in line)]  # the --by-band table follows
     header = table[0].split()
     assert header[:3] == ["system", "condition", "clips"] and header[3:] == list(evaluate.TABLE_COLUMNS)
     assert sum(line.startswith("harvest ") for line in table) == 4
@@ -82,6 +85,20 @@ def test_table_has_a_row_per_system_and_condition(evaluated):
 def test_harvest_tracks_clean_glides(evaluated):
     clean = evaluated["rows"][("harvest", "clean")]
     assert clean["RPA"] > 90 and clean["VUV_F1"] > 90 and clean["MED_CENTS"] < 20
+
+
+def test_by_band_reports_every_band_per_system(evaluated):
+    names = [band_name(low, high) for low, high in F0_BANDS_HZ]
+    assert list(evaluated["bands"]) == [(system, name) for system in (evaluated["checkpoint"], "harvest")
+                                        for name in names]
+    # The glides span 110-360 Hz: their frames fall in 100-150, 150-250 and 250-400 only, and harvest tracks them.
+    harvest = {name: evaluated["bands"][("harvest", name)] for name in names}
+    assert [name for name in names if harvest[name]["N_FRAMES"]] == ["100-150", "150-250", "250-400"]
+    for name in ("100-150", "150-250"):
+        assert harvest[name]["RPA"] > 90 and harvest[name]["VUV_R"] > 90 and harvest[name]["GPE"] < 5
+    assert harvest["<65"]["RPA"] is None  # no frames: undefined, written as null
+    band_lines = [line for line in evaluated["output"].splitlines() if line.startswith("harvest ")]
+    assert len(band_lines) == 4 + len(names)  # four condition rows, then one row per band
 
 
 def test_results_written_as_csv_and_json(evaluated):

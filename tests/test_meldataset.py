@@ -151,7 +151,7 @@ def synthetic_params(proportion, **kinds):
 
 
 def test_world_items_replace_real_ones_in_training_only(paths):
-    params = synthetic_params(1.0, world=True, pitch_shift=False)
+    params = synthetic_params(1.0, world=True, pitch_shift=False, resynthesis=False)
     train = MelDataset(paths, params, train=True)
     real = MelDataset(paths, dataset_params(max_mel_length=32), train=True)
     assert not torch.equal(train[(0, 7)][0], real[(0, 7)][0])
@@ -162,7 +162,7 @@ def test_world_items_replace_real_ones_in_training_only(paths):
 
 
 def test_pitch_shift_items_scale_the_cached_f0(paths):
-    params = synthetic_params(1.0, world=False, pitch_shift=True)
+    params = synthetic_params(1.0, world=False, pitch_shift=True, resynthesis=False)
     params["synthetic_data"]["apply_to_validation"] = True  # whole clips: labels comparable to the sources'
     dataset = MelDataset(paths, params, train=False)
     wave, f0, voiced, _ = dataset[(0, 11)]
@@ -209,3 +209,10 @@ def test_synthetic_pool_is_rendered_per_generation_and_items_come_from_it(paths,
     other = MelDataset(paths, params, train=True, pool_dir=tmp_path / "other", seed=1)
     other.prepare_epoch(3)  # a resumed run renders the same pool for the same generation
     assert all(np.array_equal(a, b) for a, b in zip(second, pool_labels(tmp_path / "other")))
+
+
+def test_resynthesis_items_have_finite_in_range_labels(paths):
+    params = synthetic_params(1.0, world=False, pitch_shift=False, resynthesis=True)
+    _, f0, voiced, _ = MelDataset(paths, params, train=True)[(0, 3)]
+    assert torch.isfinite(f0).all() and voiced.any()
+    assert (f0[voiced] >= 50.0).all() and (f0[voiced] <= 1000.0).all()

@@ -1,3 +1,4 @@
+import math
 import time
 import warnings
 
@@ -5,7 +6,7 @@ import mir_eval.melody
 import numpy as np
 import pytest
 
-from metrics import calibrate_vuv_threshold, cents_error, pitch_metrics
+from metrics import band_metrics, calibrate_vuv_threshold, cents_error, pitch_metrics
 
 
 def shifted(hz, cents):
@@ -183,3 +184,19 @@ def test_calibration_timing_one_million_frames():
     print(f"\ncalibrate_vuv_threshold: 1e6 frames, 99 steps: {time.perf_counter() - start:.3f} s "
           f"(threshold {threshold:.2f}, F1 {f1:.2f} %)")
     assert 0.3 < threshold < 0.6
+
+
+def test_band_metrics_splits_frames_by_reference_band():
+    # Per band: frames whose reference lies in it, scored alone. Unvoiced reference frames are in no band.
+    ref = np.array([60.0, 60.0, 70.0, 70.0, 200.0, 200.0, 200.0, 200.0, 900.0, 0.0])
+    est = np.array([60.0, 120.0, 70.0, 70.0, 210.0, 200.0, 400.0, 0.0, 905.0, 300.0])
+    voiced = est > 0
+    bands = band_metrics(ref, est, voiced)
+    assert list(bands) == ["<65", "65-80", "80-100", "100-150", "150-250", "250-400", ">=400"]
+    assert [bands[name]["N_FRAMES"] for name in bands] == [2, 2, 0, 0, 4, 0, 1]
+    assert bands["<65"]["RPA"] == 50.0 and bands["<65"]["GPE"] == 50.0  # one octave error of two
+    assert bands["65-80"]["RPA"] == 100.0
+    # 150-250: 210 Hz is 84 cents off (a miss, not gross), 400 Hz gross, one frame called unvoiced.
+    assert bands["150-250"]["RPA"] == 25.0 and bands["150-250"]["VUV_R"] == 75.0
+    assert bands["150-250"]["GPE"] == pytest.approx(100 / 3)
+    assert bands[">=400"]["RPA"] == 100.0 and math.isnan(bands["80-100"]["RPA"])

@@ -249,8 +249,8 @@ def test_world_creak_falls_to_irregular_low_f0():
 
 
 def test_blend_proportion_and_weights():
-    synth = {"enabled": True, "proportion": 0.3,
-             "world": {"enabled": True, "weight": 0.25}, "pitch_shift": {"enabled": True, "weight": 0.75}}
+    synth = {"enabled": True, "proportion": 0.3, "world": {"enabled": True, "weight": 0.25},
+             "pitch_shift": {"enabled": True, "weight": 0.75}, "resynthesis": {"enabled": False, "weight": 1.0}}
     rng = np.random.default_rng(7)
     kinds = [synthetic.draw_synthetic_kind(rng, synth) for _ in range(1000)]
     synthetic_share = np.mean([k is not None for k in kinds])
@@ -265,3 +265,54 @@ def test_blend_proportion_and_weights():
     # same rng seed, same draws
     again = np.random.default_rng(7)
     assert kinds == [synthetic.draw_synthetic_kind(again, synth) for _ in range(1000)]
+
+
+def test_blend_draws_resynthesis_with_its_weight_share():
+    synth = {"enabled": True, "proportion": 1.0, "world": {"enabled": True, "weight": 0.2},
+             "pitch_shift": {"enabled": True, "weight": 0.4}, "resynthesis": {"enabled": True, "weight": 0.4}}
+    rng = np.random.default_rng(3)
+    kinds = [synthetic.draw_synthetic_kind(rng, synth) for _ in range(2000)]
+    assert set(kinds) == set(synthetic.SYNTHETIC_KINDS)
+    assert abs(np.mean([k == "resynthesis" for k in kinds]) - 0.4) <= 0.04
+
+
+# --------------------------------------------------------------------------- WORLD resynthesis
+
+RESYNTH = {"enabled": True, "weight": 0.4, "semitones": [-12.0, 12.0], "smoothing_frames": 3,
+           "gain_db_range": [0.0, 0.0], "min_voiced_fraction": 0.2}
+
+
+def interior_voiced(f0):
+    """Voiced frames with two voiced frames on each side."""
+    return np.convolve(f0 > 0, np.ones(5), mode="same") == 5
+
+
+def test_resynthesis_label_matches_reanalysis_and_moves_with_the_shift(renders):
+    audio, f0, _ = renders[0]
+    for semitones in (0.0, 7.0):
+        out, label = synthetic.world_resynthesise(audio, f0, semitones)
+        assert out.dtype == np.float32 and label.dtype == np.float32
+        assert len(out) == len(audio) and len(label) == len(f0) and np.abs(out).max() <= 1.0
+        np.testing.assert_allclose(label[f0 > 0], f0[f0 > 0] * 2 ** (semitones / 12), rtol=1e-5)
+        ref = harvest(out)
+        ok = interior_voiced(label) & (ref > 0)
+        assert np.median(cents(ref[ok], label[ok])) < 20.0
+        assert np.median(1200 * np.log2(ref[ok] / f0[ok])) == pytest.approx(100 * semitones, abs=20.0)
+
+
+def test_resynthesis_clip_uncertain_frames_determinism_and_range(renders):
+    audio, f0, _ = renders[1]
+    f0 = f0.copy()
+    voiced, gap = np.flatnonzero(f0 > 0), np.flatnonzero(interior_voiced(f0))[0]
+    f0[gap] = np.nan  # a short gap inside a voiced run: filled and resynthesised voiced
+    f0[: voiced[0]] = np.nan  # a long uncertain lead-in: resynthesised unvoiced, label exactly 0
+    a1, l1 = synthetic.resynthesis_clip(audio, f0, np.random.default_rng(4), RESYNTH)
+    a2, l2 = synthetic.resynthesis_clip(audio, f0, np.random.default_rng(4), RESYNTH)
+    assert np.array_equal(a1, a2) and np.array_equal(l1, l2)
+    assert not np.isnan(l1).any() and np.all(l1[: voiced[0]] == 0) and l1[gap] > 0
+    high = f0 * np.float32(900.0 / np.nanmax(f0))  # already near the top of the range: +12 is narrowed
+    _, label = synthetic.resynthesis_clip(audio, high, np.random.default_rng(0), dict(RESYNTH, semitones=[12.0, 12.0]))
+    assert label.max() <= 1000.0 * (1 + 1e-5) and label[label > 0].min() >= 50.0
+    sparse = np.zeros_like(f0)
+    sparse[:3] = 150.0
+    assert synthetic.resynthesis_clip(audio, sparse, np.random.default_rng(0), RESYNTH) is None

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 import train
 from train import prepare_labels
 from config import ConfigError, load_config
-from trainer import Trainer, TrainingStopped, amp_settings
+from trainer import Trainer, TrainingStopped, amp_settings, cpu_supports_bf16
 from conftest import tiny_config
 
 
@@ -167,7 +167,21 @@ def test_amp_settings_cuda_logic_on_cpu():
     assert amp_settings(base, cuda) == (True, torch.float16, True)
     assert amp_settings({**base, "mixed_precision": False}, cuda) == (False, torch.float32, False)
     assert amp_settings(base, torch.device("cpu"))[0] is False
-    assert amp_settings({**base, "cpu_mixed_precision": True}, torch.device("cpu")) == (True, torch.bfloat16, False)
+    asked = {**base, "cpu_mixed_precision": True}
+    if cpu_supports_bf16():
+        assert amp_settings(asked, torch.device("cpu")) == (True, torch.bfloat16, False)
+    else:  # emulated bf16 is far slower than fp32: the request falls back with a warning
+        assert amp_settings(asked, torch.device("cpu")) == (False, torch.float32, False)
+
+
+def test_cpu_bf16_probe_matches_the_cpu_flags():
+    # Native bf16 needs AVX512-BF16 or AMX; /proc/cpuinfo says which this machine has (Linux).
+    with open("/proc/cpuinfo") as handle:
+        flags = set(next(line for line in handle if line.startswith("flags")).split(":")[1].split())
+    if {"avx512_bf16", "amx_bf16"} & flags:
+        assert cpu_supports_bf16()
+    elif "avx512f" not in flags:
+        assert not cpu_supports_bf16()
 
 
 def test_time_budget_stops_mid_epoch_and_resume_continues_there(tmp_path):
