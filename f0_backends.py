@@ -71,7 +71,7 @@ def _require_choice(option, value, allowed):
 
 
 def pyworld_f0(audio, algorithm="harvest", fallback="dio", stonemask=True, f0_floor=71.0, f0_ceil=800.0,
-               d4c_threshold=0.5, min_voiced_frames=5):
+               d4c_threshold=0.6, min_voiced_frames=5):
     """PyWorld harvest or dio, `fallback` when the first finds < min_voiced_frames, then optional StoneMask,
     then WORLD's D4C voicing check.
 
