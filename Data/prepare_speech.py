@@ -38,8 +38,8 @@ wavs already written and verifies the label caches instead of recomputing them.
 
 A run on 2 CPU cores (Nov 2026): ~290 MB downloaded, 9530 clips / 318 min kept from 27 speakers,
 ~970 MB of wavs, 41 min in all (40 of them labelling, then by the harvest cascade). Median-F0 spreads
-per speaker and MFCC statistics per group agree with the heuristic: each large group is consistent in itself and far
-from all others; en and pt are visibly two people each (descriptions vs. spoken digits), which merging
+per speaker and MFCC statistics per group agree with the heuristic: each large group is consistent in
+itself and far from all others; en and pt are visibly two people each (descriptions vs. spoken digits), which merging
 keeps on one side of the split.
 
 Validation speakers (deterministic): speakers with >= MIN_VAL_CLIPS clips are candidates, ordered by

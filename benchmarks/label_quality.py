@@ -22,10 +22,10 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from audio import SAMPLE_RATE, load_audio  # noqa: E402
+from audio import FRAME_SECONDS, SAMPLE_RATE, load_audio  # noqa: E402
 from config_defaults import DEFAULTS  # noqa: E402
 from evaluate import read_manifest, read_reference  # noqa: E402
-from audio import FRAME_PERIOD_MS, FRAME_SECONDS  # noqa: E402
+from f0_backends import pyworld_f0  # noqa: E402
 from f0_labels import compute_f0  # noqa: E402
 from metrics import F0_BANDS_HZ, band_name, cents_error, f1_percent, percent  # noqa: E402
 
@@ -40,16 +40,10 @@ def mode_params(mode):
     return params
 
 
-def harvest50(wave):
-    import pyworld
-
-    f0, _ = pyworld.harvest(wave.astype(np.float64), SAMPLE_RATE, f0_floor=50.0, f0_ceil=1000.0,
-                            frame_period=FRAME_PERIOD_MS)
-    return f0.astype(np.float32)
-
-
 def label_contour(wave, mode):
-    return harvest50(wave) if mode == "harvest50" else compute_f0(wave, mode_params(mode))[0]
+    if mode == "harvest50":  # harvest alone: no fallback, StoneMask or D4C check
+        return pyworld_f0(wave, fallback=None, stonemask=False, d4c_threshold=0.0, f0_floor=50.0, f0_ceil=1000.0)
+    return compute_f0(wave, mode_params(mode))[0]
 
 
 def on_reference_times(label, ref_times):
@@ -69,7 +63,6 @@ def quality(ref, label):
     tp, fp = (label_voiced & ref_voiced).sum(), (label_voiced & ~ref_voiced).sum()
     fn = (certain & ~label_voiced & ref_voiced).sum()
     row["vuv_f1"], row["uncertain"] = float(f1_percent(tp, fp, fn)), percent((~certain).sum(), label.size)
-    row["rpa"] = row["coverage"]  # reference-voiced frames labelled within 50 cents: RPA, uncertain = a miss
     return row
 
 
@@ -103,8 +96,10 @@ def main():
         print(f"\n{mode}: {seconds / audio_seconds:.3f} s per audio second, V/UV F1 {overall['vuv_f1']:.1f}, "
               f"uncertain {overall['uncertain']:.1f} %, precision {overall['precision']:.1f}, "
               f"coverage (= RPA) {overall['coverage']:.1f}")
-        groups = [("all clips", kinds == kinds)] + [(f"kind {kind}", kinds == kind) for kind in np.unique(kinds)]
-        for title, chosen in groups[: 1 if len(groups) == 2 else None]:
+        groups = [("all clips", np.ones(len(clips), dtype=bool))]
+        if len(np.unique(kinds)) > 1:
+            groups += [(f"kind {kind}", kinds == kind) for kind in np.unique(kinds)]
+        for title, chosen in groups:
             print_bands(title, *(np.concatenate([x for x, keep in zip(xs, chosen) if keep]) for xs in (refs, labels)))
 
 

@@ -27,8 +27,9 @@ sys.path[:0] = [os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                 os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "Data")]
 import prepare_speech  # noqa: E402
 import synthetic  # noqa: E402
-from audio import FRAME_PERIOD_MS, SAMPLE_RATE, frame_times, load_audio, num_frames, write_atomically  # noqa: E402
+from audio import SAMPLE_RATE, frame_times, load_audio, write_atomically  # noqa: E402
 from config_defaults import DEFAULTS  # noqa: E402
+from f0_backends import pyworld_f0  # noqa: E402
 
 PACKAGES = ("fillets-ng-data-cs", "fillets-ng-data")
 SPEAKERS = ("fillets_cs_big", "fillets_cs_small")
@@ -37,13 +38,7 @@ SMOOTHING_FRAMES = 5  # median filter over each voiced run of the source contour
 
 def resynthesise(audio, target_median_hz, max_shift):
     """(audio, exact F0 on the model grid, semitones): harvest + StoneMask F0, one shift, WORLD resynthesis."""
-    import pyworld
-
-    x = audio.astype(np.float64)
-    f0, times = pyworld.harvest(x, SAMPLE_RATE, f0_floor=50.0, f0_ceil=1000.0, frame_period=FRAME_PERIOD_MS)
-    f0 = pyworld.stonemask(x, f0, times, SAMPLE_RATE)
-    n = num_frames(len(audio))
-    f0 = np.pad(f0, (0, max(0, n - len(f0))))[:n]  # harvest's frame count can be one off the model grid's
+    f0 = pyworld_f0(audio, fallback=None, d4c_threshold=0.0, f0_floor=50.0, f0_ceil=1000.0)
     voiced = f0 > 0
     if voiced.sum() < 20:
         return None
