@@ -42,9 +42,10 @@ per speaker and MFCC statistics per group agree with the heuristic: each large g
 itself and far from all others; en and pt are visibly two people each (descriptions vs. spoken digits), which merging
 keeps on one side of the split.
 
-Validation speakers (deterministic): speakers with >= MIN_VAL_CLIPS clips are candidates, ordered by
-a hash of their name; they alternate between low-pitched (median F0 < 165 Hz, mostly male) and
-high-pitched speakers so both ranges are validated. Everything else trains. Synthetic data and
+Validation speakers (deterministic): the range benchmark's two Czech heroes (HELD_OUT_SPEAKERS, so
+benchmarks/range_set.py never scores a model on voices it trained on), then speakers with >= MIN_VAL_CLIPS
+clips, ordered by a hash of their name, from whichever of the low-pitched (median F0 < 165 Hz, mostly male)
+and high-pitched groups has fewer so far, so both ranges are validated. Everything else trains. Synthetic data and
 noise augmentation are blended in at training time by Configs/pretrain.yml.
 """
 import collections
@@ -74,6 +75,9 @@ TRIM_TOP_DB = 40.0  # silence = frames this far below the clip's loudest frame
 TRIM_MARGIN_S = 0.1  # kept on each side of the speech, so onsets and decays stay intact
 MIN_VAL_CLIPS = 100  # smaller speakers always train
 LOW_PITCH_HZ = 165.0  # median F0 boundary between the two groups validation alternates over
+# The range benchmark's real voices (benchmarks/range_set.py): always validation, so it never scores a model on
+# speakers the recipe trained it on.
+HELD_OUT_SPEAKERS = ("fillets_cs_big", "fillets_cs_small")
 AUDIO_EXTENSIONS = (".ogg", ".wav")
 
 PACKAGES = {
@@ -281,19 +285,26 @@ def _name_order(name):
 def split_speakers(stats, val_speakers, min_clips=MIN_VAL_CLIPS, low_pitch_hz=LOW_PITCH_HZ):
     """(train speakers, validation speakers), both sorted; the same stats always give the same split.
 
-    `stats`: {speaker: {"clips": int, "median_f0": Hz or None}}. Candidates (>= min_clips clips) are
-    taken in the order of a hash of their name, alternating between low- and high-pitched speakers
-    (median F0 below / above low_pitch_hz; unknown F0 counts as high) as long as both remain.
+    `stats`: {speaker: {"clips": int, "median_f0": Hz or None}}. HELD_OUT_SPEAKERS present in `stats` are
+    always validation and count towards `val_speakers`. The rest are filled from the candidates (>= min_clips
+    clips) in the order of a hash of their name, each time from whichever pitch group (median F0 below /
+    above low_pitch_hz; unknown F0 counts as high) has fewer validation speakers so far, while both remain.
     """
-    candidates = sorted((name for name, info in stats.items() if info["clips"] >= min_clips), key=_name_order)
-    if val_speakers >= len(stats) or (val_speakers > 0 and not candidates):
+    chosen = [name for name in HELD_OUT_SPEAKERS if name in stats]
+    candidates = sorted((name for name, info in stats.items() if info["clips"] >= min_clips and name not in chosen),
+                        key=_name_order)
+    if max(val_speakers, len(chosen)) >= len(stats) or (val_speakers > len(chosen) and not candidates):
         raise ValueError(f"cannot hold out {val_speakers} of {len(stats)} speakers "
-                         f"({len(candidates)} have >= {min_clips} clips); lower --val-speakers")
-    low = [name for name in candidates if (stats[name].get("median_f0") or np.inf) < low_pitch_hz]
-    high = [name for name in candidates if name not in low]
-    chosen = []
+                         f"({len(candidates)} more have >= {min_clips} clips); lower --val-speakers")
+
+    def is_low(name):
+        return (stats[name].get("median_f0") or np.inf) < low_pitch_hz
+
+    low = [name for name in candidates if is_low(name)]
+    high = [name for name in candidates if not is_low(name)]
     while len(chosen) < val_speakers and (low or high):
-        group = low if (len(chosen) % 2 == 0 and low) or not high else high
+        low_chosen = sum(is_low(name) for name in chosen)
+        group = low if (low_chosen <= len(chosen) - low_chosen and low) or not high else high
         chosen.append(group.pop(0))
     if len(chosen) < val_speakers:
         raise ValueError(f"only {len(chosen)} speakers have >= {min_clips} clips; lower --val-speakers")

@@ -32,7 +32,7 @@ from config_defaults import DEFAULTS  # noqa: E402
 from f0_backends import pyworld_f0  # noqa: E402
 
 PACKAGES = ("fillets-ng-data-cs", "fillets-ng-data")
-SPEAKERS = ("fillets_cs_big", "fillets_cs_small")
+SPEAKERS = prepare_speech.HELD_OUT_SPEAKERS  # the recipe never trains on them
 SMOOTHING_FRAMES = 5  # median filter over each voiced run of the source contour
 
 

@@ -84,7 +84,8 @@ STATS = {
 @pytest.mark.parametrize("k", [1, 2, 3, 4])
 def test_speaker_split_is_disjoint_and_deterministic(k):
     train, val = recipe.split_speakers(STATS, k)
-    assert len(val) == k and not set(train) & set(val) and set(train) | set(val) == set(STATS)
+    assert len(val) == max(k, 2) and not set(train) & set(val) and set(train) | set(val) == set(STATS)
+    assert set(recipe.HELD_OUT_SPEAKERS) <= set(val)  # the range benchmark's voices never train
     assert "tuxpaint_ja" in train and "tuxpaint_ml" in train  # too few clips to validate on
     shuffled = dict(reversed(list(STATS.items())))
     assert recipe.split_speakers(shuffled, k) == (train, val)  # independent of dict order
@@ -98,6 +99,15 @@ def test_speaker_split_refuses_impossible_requests():
         recipe.split_speakers(STATS, 7)  # only 6 speakers have enough clips
     with pytest.raises(ValueError, match="--val-speakers"):
         recipe.split_speakers({"a": {"clips": 500, "median_f0": 100.0}}, 1)  # nothing left to train on
+
+
+def test_speaker_split_balances_pitch_groups_after_held_out_speakers():
+    stats = {name: info for name, info in STATS.items() if name != "fillets_cs_small"}  # held out: one low voice
+    _, val = recipe.split_speakers(stats, 3)
+    low = [stats[name]["median_f0"] < recipe.LOW_PITCH_HZ for name in val]
+    assert "fillets_cs_big" in val and sum(low) == 2 and len(val) == 3  # next a high voice, then a low one
+    _, val = recipe.split_speakers({name: STATS[name] for name in ("tuxpaint_fr", "tuxpaint_ro", "tuxpaint_ru")}, 2)
+    assert sorted(STATS[name]["median_f0"] < recipe.LOW_PITCH_HZ for name in val) == [False, True]
 
 
 def test_write_list_format(tmp_path):

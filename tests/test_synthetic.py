@@ -230,19 +230,20 @@ def test_pitch_shift_stays_in_the_vocal_range_and_keeps_uncertain_frames(renders
 
 def test_world_creak_falls_to_irregular_low_f0():
     params = dict(WORLD, creak_probability=1.0, pitch_range=[150.0, 150.0])
-    creaky = []
+    creaky, steps = [], []
     for seed in range(3):
         audio, f0 = synthetic.render_world_utterance(np.random.default_rng(seed), params)
         voiced = np.flatnonzero(f0 > 0)
-        runs = np.split(voiced, np.flatnonzero(np.diff(voiced) > 1) + 1)
-        ends = np.concatenate([run[-5:] for run in runs if len(run) >= 10])
-        creaky.append(f0[ends])
+        runs = [run for run in np.split(voiced, np.flatnonzero(np.diff(voiced) > 1) + 1) if len(run) >= 10]
+        creaky += [f0[run[-5:]] for run in runs]
+        steps += [np.diff(1200 * np.log2(f0[run[-5:]])) for run in runs]
         ref = harvest(audio)
         both = (ref > 0) & (f0 > 0) & (f0 < 75)
-        assert np.median(np.abs(cents(ref[both], f0[both]))) < 100  # the creak is in the audio (base: 150 Hz)
+        # the label is a period the audio has (per-cycle jitter), not frame-wise noise no tracker can see
+        assert both.sum() >= 10 and np.median(np.abs(cents(ref[both], f0[both]))) < 25
     creaky = np.concatenate(creaky)
     assert np.median(creaky) < 80 and creaky.min() >= synthetic.F0_RANGE_HZ[0] * (1 - 1e-5)
-    assert np.std(np.diff(1200 * np.log2(creaky))) > 50  # irregular, not a smooth glide
+    assert np.std(np.concatenate(steps)) > 20  # irregular from frame to frame, not a smooth glide
 
 
 # --------------------------------------------------------------------------- blending
