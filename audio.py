@@ -14,6 +14,7 @@ HOP_LENGTH = 300  # samples per model frame
 FRAME_SECONDS = HOP_LENGTH / SAMPLE_RATE  # 12.5 ms: the one frame period every module uses
 FRAME_PERIOD_MS = 1000.0 * FRAME_SECONDS
 FRAMES_PER_SECOND = SAMPLE_RATE / HOP_LENGTH
+INT16_SCALE = 32768.0  # a 16-bit sample k reads as k / 32768, as soundfile reads 16-bit files
 UTF8_BOM = b"\xef\xbb\xbf"
 
 log = logging.getLogger("pitchextractor")
@@ -27,6 +28,14 @@ class AudioError(ValueError):
 def num_frames(n_samples):
     """Frames on the model grid for a clip of n_samples: frame i is centred at sample HOP_LENGTH * i."""
     return 1 + n_samples // HOP_LENGTH
+
+
+def as_float32(samples):
+    """float32 audio in [-1, 1] from float or int16 samples (int16: k / INT16_SCALE, exact)."""
+    samples = np.asarray(samples)
+    if samples.dtype == np.int16:
+        return samples.astype(np.float32) / np.float32(INT16_SCALE)
+    return samples.astype(np.float32, copy=False)
 
 
 def frame_times(n_frames):

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torchaudio
 
-from audio import HOP_LENGTH, num_frames
+from audio import HOP_LENGTH, INT16_SCALE, num_frames
 
 N_MELS = 80
 N_FFT = 2048
@@ -71,24 +71,29 @@ def item_mels(wave, start_frame=0, frames=None):
     return mel_spectrogram(segment)[:, offset: offset + frames]
 
 
-def padded_crop(wave, start_frame, frames, scale=1.0):
+def padded_crop(wave, start_frame, frames):
     """The samples mel frames [start_frame, start_frame + frames) of the whole clip see, its edges
-    reflect-padded as the hosts' transform pads them: ((frames - 1) * 300 + 2048,) float32.
+    reflect-padded as the hosts' transform pads them: ((frames - 1) * 300 + 2048,).
 
-    `mel_from_padded` of a batch of these equals `mel_spectrogram` of the whole clips, cropped. `wave` may
-    be an int16 memmap (only the samples needed are read); the result is multiplied by `scale`.
+    `mel_from_padded` of a batch of these (after `float_wave`) equals `mel_spectrogram` of the whole clips,
+    cropped. An int16 `wave` (a pack's memmap: only the samples needed are read) gives an int16 crop, which
+    moves half the bytes of float32 from loader workers to the training device; anything else gives float32.
+    Inside the clip the crop is a view of `wave` (the collate copies it once, into the batch); at its edges a copy.
     """
     n = len(wave)
     if n < MIN_SAMPLES:  # as mel_spectrogram: zero-padded first
         wave = np.pad(np.asarray(wave), (0, MIN_SAMPLES - n))
     first, end = start_frame * HOP_LENGTH - N_FFT // 2, (start_frame + frames - 1) * HOP_LENGTH + N_FFT // 2
-    if first >= 0 and end <= len(wave):  # inside the clip (most training crops): a plain slice
-        segment = wave[first:end]
-    else:  # reflect at the clip's edges, as torch's reflect padding does
-        last = len(wave) - 1
-        index = np.abs(np.arange(first, end))
-        segment = wave[np.where(index > last, 2 * last - index, index)]
-    return np.asarray(segment, dtype=np.float32) * np.float32(scale)
+    n = len(wave)
+    segment = wave[max(first, 0): min(end, n)]  # inside the clip (most training crops): a plain slice
+    if first < 0 or end > n:  # numpy's reflect is torch's: about the edge sample, which is not repeated
+        segment = np.pad(segment, (max(-first, 0), max(end - n, 0)), mode="reflect")
+    return np.asarray(segment, dtype=np.int16 if segment.dtype == np.int16 else np.float32)
+
+
+def float_wave(wave):
+    """A batch of crops as float32 in [-1, 1]: int16 crops are scaled on whatever device they are on (exact)."""
+    return wave.float() / INT16_SCALE if wave.dtype == torch.int16 else wave
 
 
 def padded_samples(frames):

@@ -7,9 +7,9 @@ import threading
 import numpy as np
 import torch
 
-from audio import load_audio
+from audio import as_float32, load_audio
 from f0_labels import cached_f0, label_settings
-from features import padded_crop, padded_samples
+from features import float_wave, padded_crop, padded_samples
 from pack import Pack
 from synthetic import draw_synthetic_kind, pitch_shift_clip, render_world_utterance, resynthesis_clip
 from synthetic_pool import SyntheticPool
@@ -59,8 +59,6 @@ class SeededSampler(torch.utils.data.Sampler):
 class FileClips:
     """Audio files and their cached labels; an item decodes its whole file (fine for small data, a pack is faster)."""
 
-    scale = 1.0  # load_audio gives float32 in [-1, 1]
-
     def __init__(self, paths, f0_params):
         self.paths = list(paths)
         self.labels = label_settings(f0_params)
@@ -104,7 +102,7 @@ class MelDataset(torch.utils.data.Dataset):
     def wave(self, index):
         """Clip `index` as float32."""
         samples, f0 = self.clips.clip(index)
-        return np.asarray(samples, dtype=np.float32) * np.float32(self.clips.scale), f0
+        return as_float32(samples), f0
 
     def prepare_epoch(self, epoch):
         """Render the synthetic pool when `epoch` starts a new pool generation (no-op without a pool)."""
@@ -133,35 +131,39 @@ class MelDataset(torch.utils.data.Dataset):
             synthetic = self.pool.draw(rng)
         else:
             synthetic = self.synth and self._synthetic(rng, draw_synthetic_kind(rng, self.synth))
-            synthetic = (*synthetic, 1.0) if synthetic else None
-        samples, f0, scale = synthetic or (*self.clips.clip(index), self.clips.scale)
+        samples, f0 = synthetic or self.clips.clip(index)
         start, frames = 0, len(f0)
         if self.max_frames and len(f0) > self.max_frames:
             frames = self.max_frames
             start = int(rng.integers(len(f0) - frames + 1))
         f0 = torch.from_numpy(np.array(f0[start: start + frames], dtype=np.float32))
-        return torch.from_numpy(padded_crop(samples, start, frames, scale)), f0, f0 > 0, item_seed
+        return torch.from_numpy(padded_crop(samples, start, frames)), f0, f0 > 0, item_seed
 
 
 def collate(items):
     """Pad to the longest item: wave (B, S) with zeros, f0 (B, T), voiced (B, T), valid (B, T), certain (B, T),
     seed (B,).
 
+    `wave` stays int16 when every crop is (packs and the synthetic pool: half the bytes through the workers'
+    shared memory and to the device; features.float_wave scales it there), else float32.
+
     Padding is never valid, so it reaches no loss and no metric; features.mel_from_padded gives its
     frames the mel of silence. An item's NaN F0 (an uncertain label) becomes 0 with `certain` False, which
     keeps it out of both losses and the metrics.
     """
-    lengths = torch.tensor([len(f0) for _, f0, _, _ in items])
-    batch, frames = len(items), int(lengths.max())
-    wave = torch.zeros(batch, padded_samples(frames))
+    lengths = [f.shape[0] for _, f, _, _ in items]
+    batch, frames = len(items), max(lengths)
+    dtype = torch.int16 if all(w.dtype == torch.int16 for w, _, _, _ in items) else torch.float32
+    wave = torch.empty(batch, padded_samples(frames), dtype=dtype)  # each row: its crop, then zeros
     f0 = torch.zeros(batch, frames)
     voiced = torch.zeros(batch, frames, dtype=torch.bool)
-    certain = torch.ones(batch, frames, dtype=torch.bool)
     for i, (w, f, v, _) in enumerate(items):
-        wave[i, : len(w)], voiced[i, : len(f)] = w, v
-        certain[i, : len(f)] = ~torch.isnan(f)
-        f0[i, : len(f)] = torch.nan_to_num(f, nan=0.0)
-    valid = torch.arange(frames)[None, :] < lengths[:, None]
+        wave[i, : w.shape[0]] = w if w.dtype == dtype else float_wave(w)
+        wave[i, w.shape[0]:] = 0
+        f0[i, : f.shape[0]], voiced[i, : f.shape[0]] = f, v
+    certain = ~torch.isnan(f0)
+    f0 = torch.nan_to_num_(f0, nan=0.0)
+    valid = torch.arange(frames)[None, :] < torch.tensor(lengths)[:, None]
     seed = torch.tensor([item_seed for _, _, _, item_seed in items], dtype=torch.int64)
     return {"wave": wave, "f0": f0, "voiced": voiced, "valid": valid, "certain": certain, "seed": seed}
 

@@ -23,11 +23,10 @@ import zlib
 import click
 import numpy as np
 
-from audio import AudioError, SAMPLE_RATE, load_audio, num_frames, read_file_list, write_atomically
+from audio import INT16_SCALE, AudioError, SAMPLE_RATE, load_audio, num_frames, read_file_list, write_atomically
 
 PACK_FORMAT = 1
 MANIFEST = "pack.json"
-INT16_SCALE = 32768.0
 
 
 class PackError(ValueError):
@@ -54,7 +53,6 @@ class Pack:
     `verify()` also checks every clip's checksums. Picklable: workers re-map the files themselves.
     """
 
-    scale = 1.0 / INT16_SCALE  # int16 -> float in [-1, 1), as load_audio reads a 16-bit source
 
     def __init__(self, folder):
         self.folder = os.fspath(folder)
@@ -91,9 +89,11 @@ class Pack:
 
     def _mapped(self):
         if self._arrays is None:
-            # Plain ndarray views of the maps: slicing them costs less than slicing np.memmap objects.
+            # Plain ndarray views of the maps: slicing them costs less than slicing np.memmap objects. Copy-on-write
+            # ("c"): the views are writable, so torch.from_numpy takes a crop without copying it, and no write can
+            # ever reach the file.
             self._arrays = tuple(np.asarray(np.memmap(os.path.join(self.folder, self.manifest[key]), dtype=dtype,
-                                                      mode="r"))
+                                                      mode="c"))
                                  for key, dtype in (("audio", np.int16), ("labels", np.float32)))
         return self._arrays
 

@@ -49,11 +49,11 @@ class SyntheticPool:
         return self._pack
 
     def draw(self, rng):
-        """(int16 samples, f0, scale) of a random pool utterance for a `proportion` of draws, else None."""
+        """(int16 samples, f0) of a random pool utterance for a `proportion` of draws, else None."""
         if rng.random() >= self.proportion:
             return None
         pack = self._current()
-        return (*pack.clip(int(rng.integers(len(pack)))), pack.scale)
+        return pack.clip(int(rng.integers(len(pack))))
 
     def __getstate__(self):
         return {**self.__dict__, "_pack": None, "_stamp": None}

@@ -21,7 +21,7 @@ from tqdm import tqdm
 import distributed
 from augment import build_augmenter
 from devices import resolve_device
-from features import mel_from_padded, padded_samples
+from features import float_wave, mel_from_padded, padded_samples
 from losses import jdc_loss
 from meldataset import MelDataset, build_dataloader, collate
 from metrics import calibrate_vuv_threshold, pitch_metrics
@@ -154,7 +154,7 @@ class Trainer:
 
     def mels(self, batch, train=False):
         """The device-side feature step: waveform crops -> (augmented, when training) mels on self.device."""
-        wave, valid = batch["wave"].to(self.device, non_blocking=True), batch["valid"].to(self.device)
+        wave, valid = float_wave(batch["wave"].to(self.device, non_blocking=True)), batch["valid"].to(self.device)
         if train and self.augment is not None:
             wave = self.augment(wave, batch["seed"], padded_samples(valid.sum(1)))
         mel = mel_from_padded(wave, valid)[:, None]

@@ -10,7 +10,7 @@ from audio import load_audio
 from config_defaults import DEFAULTS
 from audio import read_file_list
 from f0_labels import label_settings
-from features import item_mels, mel_from_padded, mel_spectrogram, padded_samples
+from features import float_wave, item_mels, mel_from_padded, mel_spectrogram, padded_samples
 from meldataset import MelDataset, SeededSampler, build_dataloader, collate, loader_start_method
 from pack import Pack
 
@@ -83,6 +83,20 @@ def test_collate_pads_mixed_lengths_and_marks_padding_invalid():
     assert (batch["f0"][~batch["valid"]] == 0).all()    # ... or carries pitch
     assert torch.equal(batch["wave"][0, : padded_samples(5)], items[0][0])
     assert (batch["wave"][0, padded_samples(5):] == 0).all()
+
+
+def test_collate_keeps_int16_crops_and_scales_mixed_batches():
+    def item(wave, n=5):
+        return wave, torch.full((n,), 120.0), torch.ones(n, dtype=torch.bool), 0
+
+    pcm = [torch.randint(-32768, 32767, (padded_samples(5),), dtype=torch.int16) for _ in range(2)]
+    packed = collate([item(w) for w in pcm])
+    assert packed["wave"].dtype == torch.int16 and torch.equal(packed["wave"][1], pcm[1])  # half the bytes
+    floats = torch.rand(padded_samples(5)) * 2 - 1
+    mixed = collate([item(pcm[0]), item(floats)])  # a pack clip next to a synthetic item rendered on the fly
+    assert mixed["wave"].dtype == torch.float32 and torch.equal(mixed["wave"][1], floats)
+    assert torch.equal(mixed["wave"][0], pcm[0].float() / 32768) and torch.equal(float_wave(packed["wave"])[0],
+                                                                                  mixed["wave"][0])
 
 
 def test_loader_batches_carry_masks(paths):

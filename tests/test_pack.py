@@ -10,10 +10,11 @@ import torch
 from click.testing import CliRunner
 
 import pack
-from audio import load_audio, read_file_list
+from audio import as_float32, load_audio, read_file_list
 from conftest import glide_clip, tiny_config
 from config_defaults import DEFAULTS
 from f0_labels import cached_f0, label_settings
+from features import float_wave
 from meldataset import MelDataset
 
 PARAMS = copy.deepcopy(DEFAULTS["dataset_params"])
@@ -34,13 +35,16 @@ def test_round_trip_is_identical_to_the_files_path(packed):
     for index, path in enumerate(paths):
         samples, f0 = built.clip(index)
         assert samples.dtype == np.int16
-        assert np.array_equal(samples * np.float32(built.scale), load_audio(path))  # 16-bit 24 kHz: exact
+        assert np.array_equal(as_float32(samples), load_audio(path))  # 16-bit 24 kHz: exact
         assert np.array_equal(f0, cached_f0(path, labels), equal_nan=True)
     assert built.verify() == len(paths)
     for train in (True, False):  # the loader's items are the same, crops and all
         from_files, from_pack = MelDataset(paths, PARAMS, train=train), MelDataset(built, PARAMS, train=train)
         for key in ((0, 3), (2, 17), (5, 99)):
-            for a, b in zip(from_files[key], from_pack[key]):
+            (wave_a, *rest_a), (wave_b, *rest_b) = from_files[key], from_pack[key]
+            assert wave_a.dtype == torch.float32 and wave_b.dtype == torch.int16  # a pack's crops travel as int16
+            torch.testing.assert_close(wave_a, float_wave(wave_b), rtol=0, atol=0)
+            for a, b in zip(rest_a, rest_b):
                 torch.testing.assert_close(torch.as_tensor(a), torch.as_tensor(b), rtol=0, atol=0, equal_nan=True)
 
 
@@ -53,7 +57,7 @@ def test_a_changed_source_is_repacked_and_the_rest_copied(packed, tmp_path):
     old_audio = [np.array(built.clip(i)[0]) for i in range(len(paths))]
     rebuilt, counts = pack.build_pack(paths, tmp_path / "train.pack", label_settings(PARAMS["f0_params"]), workers=1)
     assert counts == {"packed": 1, "reused": len(paths) - 1, "skipped": 0}
-    assert np.array_equal(rebuilt.clip(2)[0] * np.float32(rebuilt.scale), load_audio(paths[2]))
+    assert np.array_equal(as_float32(rebuilt.clip(2)[0]), load_audio(paths[2]))
     assert len(rebuilt.clip(2)[1]) == 1 + len(load_audio(paths[2])) // 300
     for i in set(range(len(paths))) - {2}:
         assert np.array_equal(rebuilt.clip(i)[0], old_audio[i])
