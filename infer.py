@@ -158,7 +158,9 @@ class Predictor:
         if self.window <= 2 * self.context:
             raise ValueError(f"chunk_seconds ({chunk_seconds}) must exceed twice the context ({context_seconds} s)")
         self.device = torch.device(device)
-        self.model = model.to(self.device).eval()
+        # oneDNN's CPU convolutions and poolings run ~25 % faster on channels-last input (benchmarks/model_speed.py)
+        self.memory_format = torch.channels_last if self.device.type == "cpu" else torch.contiguous_format
+        self.model = model.to(self.device, memory_format=self.memory_format).eval()
         self.vuv_threshold = float(vuv_threshold)
         self.batch_size = int(batch_size)
 
@@ -197,7 +199,7 @@ class Predictor:
             waves[row, : len(crop)] = torch.from_numpy(crop)
         valid = torch.arange(padded)[None, :] < torch.tensor(frames)[:, None]
         mel = mel_from_padded(waves.to(self.device, non_blocking=True), valid.to(self.device))
-        f0, logit = self.model(mel[:, None])
+        f0, logit = self.model(mel[:, None].contiguous(memory_format=self.memory_format))
         return f0.float().cpu().numpy(), torch.sigmoid(logit.float()).cpu().numpy()
 
 

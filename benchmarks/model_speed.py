@@ -1,6 +1,8 @@
 """Parameter counts and one-thread CPU forward time on 10 s of audio, Transformer vs. LSTM.
 
     python benchmarks/model_speed.py [--seconds 10] [--repeats 5]
+
+Also the LSTM on channels-last input, the layout infer.py uses on CPU.
 """
 import argparse
 import os
@@ -13,8 +15,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from model import build_model  # noqa: E402
 
 
-def forward_seconds(model, frames, repeats):
-    x = torch.randn(1, 1, 80, frames)
+def forward_seconds(model, frames, repeats, memory_format=torch.contiguous_format):
+    x = torch.randn(1, 1, 80, frames).contiguous(memory_format=memory_format)
+    model = model.to(memory_format=memory_format)
     with torch.inference_mode():
         model(x)  # warm-up: first call allocates
         times = []
@@ -39,6 +42,10 @@ def main():
         results[kind] = forward_seconds(model, frames, args.repeats)
         print(f"{kind:12s} params {params:>10,d}  forward {args.seconds:g} s audio ({frames} frames): "
               f"{results[kind] * 1000:7.1f} ms  ({args.seconds / results[kind]:.0f}x real time, 1 thread)")
+    lstm = build_model({"sequence_model": "lstm"}).eval()
+    seconds = forward_seconds(lstm, frames, args.repeats, torch.channels_last)
+    print(f"lstm, channels-last (as infer.py on CPU): {seconds * 1000:7.1f} ms  ({args.seconds / seconds:.0f}x real time, "
+          f"1 thread)")
     print(f"transformer / lstm time ratio: {results['transformer'] / results['lstm']:.2f} (target <= 1.5)")
 
 
