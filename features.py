@@ -80,9 +80,8 @@ def padded_crop(wave, start_frame, frames):
     moves half the bytes of float32 from loader workers to the training device; anything else gives float32.
     Inside the clip the crop is a view of `wave` (the collate copies it once, into the batch); at its edges a copy.
     """
-    n = len(wave)
-    if n < MIN_SAMPLES:  # as mel_spectrogram: zero-padded first
-        wave = np.pad(np.asarray(wave), (0, MIN_SAMPLES - n))
+    if len(wave) < MIN_SAMPLES:  # as mel_spectrogram: zero-padded first
+        wave = np.pad(np.asarray(wave), (0, MIN_SAMPLES - len(wave)))
     first, end = start_frame * HOP_LENGTH - N_FFT // 2, (start_frame + frames - 1) * HOP_LENGTH + N_FFT // 2
     n = len(wave)
     segment = wave[max(first, 0): min(end, n)]  # inside the clip (most training crops): a plain slice

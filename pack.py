@@ -91,7 +91,7 @@ class Pack:
         if self._arrays is None:
             # Plain ndarray views of the maps: slicing them costs less than slicing np.memmap objects. Copy-on-write
             # ("c"): the views are writable, so torch.from_numpy takes a crop without copying it, and no write can
-            # ever reach the file.
+            # ever reach the file (nor should any happen: it would change this process's later reads of the clip).
             self._arrays = tuple(np.asarray(np.memmap(os.path.join(self.folder, self.manifest[key]), dtype=dtype,
                                                       mode="c"))
                                  for key, dtype in (("audio", np.int16), ("labels", np.float32)))

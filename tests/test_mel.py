@@ -51,11 +51,15 @@ def test_empty_input_is_a_one_line_error():
 def test_device_mel_of_padded_crops_equals_mel_spectrogram(n):
     """The training device's mel (features.mel_from_padded on features.padded_crop) is the whole clip's
     mel_spectrogram, cropped, within 1e-5: at both edges, inside, for one frame and for short clips."""
-    from features import mel_from_padded, padded_crop
+    from audio import as_float32
+    from features import float_wave, mel_from_padded, padded_crop
+    from pack import to_int16
 
     wave = np.random.default_rng(n).standard_normal(n).astype(np.float32) * 0.1
-    whole = mel_spectrogram(wave)
-    frames = whole.shape[-1]
-    for start, count in ((0, frames), (0, 1), (frames - 1, 1), (frames // 2, frames - frames // 2)):
-        crop = torch.from_numpy(padded_crop(wave, start, count))
-        assert torch.allclose(mel_from_padded(crop[None])[0], whole[:, start: start + count], atol=1e-5, rtol=0)
+    for source in (wave, to_int16(wave)):  # float audio, and a pack's int16 (scaled on the device)
+        whole = mel_spectrogram(as_float32(source))
+        frames = whole.shape[-1]
+        for start, count in ((0, frames), (0, 1), (frames - 1, 1), (frames // 2, frames - frames // 2)):
+            crop = float_wave(torch.from_numpy(padded_crop(source, start, count)))
+            assert crop.dtype == torch.float32
+            assert torch.allclose(mel_from_padded(crop[None])[0], whole[:, start: start + count], atol=1e-5, rtol=0)
