@@ -36,8 +36,10 @@ caches beside the wavs) -> speaker-disjoint split -> <out>/train_list.txt, <out>
 Clips whose labels failed (no backend found voicing) are left out of both lists. Re-running skips
 wavs already written and verifies the label caches instead of recomputing them.
 
-A run on 2 CPU cores (Nov 2026): ~290 MB downloaded, 9530 clips / 318 min kept from 27 speakers,
-~970 MB of wavs, 41 min in all (40 of them labelling, then by the harvest cascade). Median-F0 spreads
+A run on 2 CPU cores (Dec 2026): ~290 MB downloaded, 9531 clips / 318 min kept from 27 speakers,
+~970 MB of wavs, 64 min in all (63 of them consensus labelling; 5 clips had no usable labels); the split:
+24 speakers / 7248 clips / 215 min train, fillets_cs_big, fillets_cs_small and tuxpaint_fr / 2278 clips /
+102 min validation. Median-F0 spreads
 per speaker and MFCC statistics per group agree with the heuristic: each large group is consistent in
 itself and far from all others; en and pt are visibly two people each (descriptions vs. spoken digits), which merging
 keeps on one side of the split.
