@@ -37,7 +37,8 @@ CHOICES = {
 }
 _F0 = "dataset_params.f0_params"
 _SYNTH = "dataset_params.synthetic_data"
-POSITIVE = ("epochs", "batch_size", "save_freq", "optimizer_params.lr", "dataset_params.max_mel_length",
+POSITIVE = ("epochs", "batch_size", "save_freq", "optimizer_params.lr", "optimizer_params.f0_head_lr_scale",
+            "dataset_params.max_mel_length",
             "training.plot_every", "training.max_nonfinite_steps", "loss_params.vuv_calibration_steps",
             f"{_F0}.consensus.min_agree", f"{_F0}.consensus.tolerance_cents",
             "optimizer_params.div_factor", "optimizer_params.final_div_factor",

@@ -3,6 +3,12 @@
 The scheduler is stepped once per optimizer step (not per epoch), so every schedule spans
 epochs · steps_per_epoch steps. Both objects' state_dict()s restore a run exactly: rebuild with the same
 config, load the optimizer state, then the scheduler state.
+
+Parameter groups may carry an `lr_scale`: that group learns at lr · lr_scale under every schedule. The model's
+F0 head uses it (parameter_groups): it maps LSTM features bounded to [-1, 1] to Hz, so the highest F0 it can
+output is |bias| + Σ|w|, and AdamW moves each weight by at most about lr per step. At a fine-tuning lr of
+1e-4, widening that ceiling from ~420 Hz to 1000 Hz (+1.1 on each of 512 weights) takes at least ~10,000
+steps; f0_head_lr_scale divides that bound (what it bought in practice: pretrained/README.md).
 """
 import math
 
@@ -11,14 +17,34 @@ import torch
 SCHEDULERS = ("onecycle", "cosine", "constant")
 
 
-def build_optimizer(parameters, optimizer_params, epochs, steps_per_epoch):
-    """AdamW(lr, weight_decay, betas, eps from optimizer_params) and the scheduler named by
-    optimizer_params['scheduler']. Returns (optimizer, scheduler)."""
+def parameter_groups(model, f0_head_lr_scale):
+    """The model's parameters as optimizer groups: with f0_head_lr_scale != 1 the F0 head (`classifier`)
+    in a group of its own with that lr_scale. At 1, one group, as runs saved before the option had."""
+    if f0_head_lr_scale == 1:
+        return [{"params": list(model.parameters()), "lr_scale": 1.0}]
+    head = {id(p) for p in model.classifier.parameters()}
+    return [{"params": [p for p in model.parameters() if id(p) not in head], "lr_scale": 1.0},
+            {"params": list(model.classifier.parameters()), "lr_scale": float(f0_head_lr_scale)}]
+
+
+def group_lr_scales(optimizer_state):
+    """The lr_scale of each group of an optimizer state_dict (1 where a group has none)."""
+    return [group.get("lr_scale", 1.0) for group in optimizer_state["param_groups"]]
+
+
+def build_optimizer(groups, optimizer_params, epochs, steps_per_epoch):
+    """AdamW(lr, weight_decay, betas, eps from optimizer_params) over `groups` (parameter_groups, or plain
+    parameters: one group) and the scheduler named by optimizer_params['scheduler']. Returns (optimizer,
+    scheduler)."""
     name = optimizer_params["scheduler"]
     if name not in SCHEDULERS:
         raise ValueError(f"unknown scheduler '{name}', expected one of {SCHEDULERS}")
+    groups = list(groups)
+    if not all(isinstance(group, dict) for group in groups):
+        groups = [{"params": groups, "lr_scale": 1.0}]
+    peak_lrs = [optimizer_params["lr"] * group["lr_scale"] for group in groups]
     optimizer = torch.optim.AdamW(
-        parameters,
+        [{**group, "lr": lr} for group, lr in zip(groups, peak_lrs)],
         lr=optimizer_params["lr"],
         weight_decay=optimizer_params["weight_decay"],
         betas=tuple(optimizer_params["betas"]),
@@ -28,7 +54,7 @@ def build_optimizer(parameters, optimizer_params, epochs, steps_per_epoch):
     if name == "onecycle":
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
             optimizer,
-            max_lr=optimizer_params["lr"],
+            max_lr=peak_lrs,
             epochs=epochs,
             steps_per_epoch=steps_per_epoch,
             pct_start=optimizer_params["pct_start"],
@@ -40,7 +66,7 @@ def build_optimizer(parameters, optimizer_params, epochs, steps_per_epoch):
         )
     elif name == "cosine":
         warmup_steps = round(optimizer_params["warmup_pct"] * total_steps)
-        min_lr_ratio = optimizer_params["min_lr"] / optimizer_params["lr"]
+        min_lr_ratio = optimizer_params["min_lr"] / optimizer_params["lr"]  # the same ratio for every group
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: cosine_lr_factor(step, total_steps, warmup_steps, min_lr_ratio)
         )

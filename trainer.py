@@ -26,7 +26,7 @@ from losses import jdc_loss
 from meldataset import MelDataset, build_dataloader, collate
 from metrics import calibrate_vuv_threshold, pitch_metrics
 from model import CheckpointError, build_model, load_checkpoint, nonfinite_tensors, save_checkpoint, voiced
-from optimizers import build_optimizer
+from optimizers import build_optimizer, parameter_groups
 from plots import f0_figure
 
 log = logging.getLogger("pitchextractor")
@@ -85,7 +85,7 @@ class Trainer:
         self.model.set_gradient_checkpointing(self.training["gradient_checkpointing"],
                                               self.training["gradient_checkpointing_use_reentrant"])
         self.optimizer, self.scheduler = build_optimizer(
-            self.model.parameters(), config["optimizer_params"], config["epochs"], len(self.train_loader))
+            parameter_groups(self.model, config["optimizer_params"]["f0_head_lr_scale"]), config["optimizer_params"], config["epochs"], len(self.train_loader))
         self.amp, self.amp_dtype, use_scaler = amp_settings(self.training, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
         self.epoch = self.batches_done = self.step = self.nonfinite_run = self.nonfinite_total = 0

@@ -520,6 +520,21 @@ def test_12_a_constant_schedule_resumes_with_more_epochs(tmp_path):
     assert state_of(os.path.join(config["log_dir"], "last.pth"))["epoch"] == 2
 
 
+def test_12_resume_with_another_f0_head_lr_scale_is_refused_up_front(tmp_path):
+    path, config = config_file(tmp_path, epochs=1, training={"plot_every": 1000},
+                               optimizer_params={"lr": 0.001, "scheduler": "constant", "f0_head_lr_scale": 20.0})
+    assert train_cli("--config_path", path).exit_code == 0
+    last = os.path.join(config["log_dir"], "last.pth")
+    saved = os.path.getmtime(last)
+    one_line_error(train_cli("--config_path", path, "--set", "epochs=2", "--set", "optimizer_params.f0_head_lr_scale=1"),
+                   "f0_head_lr_scale = 20, not 1", "resume with f0_head_lr_scale: 20")
+    assert os.path.getmtime(last) == saved
+    result = train_cli("--config_path", path, "--set", "epochs=2")
+    assert result.exit_code == 0, result.output
+    state = state_of(last)
+    assert state["epoch"] == 2 and [g["lr"] for g in state["optimizer"]["param_groups"]] == [0.001, 0.02]
+
+
 # ---------------------------------------------------------------------------------------------- 13: messages
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import yaml
 
-from optimizers import SCHEDULERS, build_optimizer
+from optimizers import SCHEDULERS, build_optimizer, group_lr_scales, parameter_groups
 
 EPOCHS, STEPS_PER_EPOCH = 4, 5
 TOTAL = EPOCHS * STEPS_PER_EPOCH
@@ -115,6 +115,46 @@ def test_resume_from_state_dicts_continues_identically(optimizer_params):
     assert len(set(expected_lrs)) > 1 or optimizer_params["scheduler"] == "constant"
     for a, b in zip(resumed.parameters(), model.parameters()):
         assert torch.equal(a, b)
+
+
+class BodyAndHead(torch.nn.Module):
+    """A body and an F0 head named as JDCNet's (`classifier`)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body, self.classifier = torch.nn.Linear(3, 3), torch.nn.Linear(3, 1)
+
+    def forward(self, x):
+        return self.classifier(torch.tanh(self.body(x)))
+
+
+@pytest.mark.parametrize("optimizer_params", schedules(), ids=SCHEDULERS)
+def test_the_f0_head_learns_at_its_scaled_rate_under_every_schedule(optimizer_params):
+    model = BodyAndHead()
+    optimizer, scheduler = build_optimizer(parameter_groups(model, 20.0), optimizer_params, EPOCHS, STEPS_PER_EPOCH)
+    body, head = optimizer.param_groups
+    assert [id(p) for p in head["params"]] == [id(p) for p in model.classifier.parameters()]
+    assert [id(p) for p in body["params"]] == [id(p) for p in model.body.parameters()]
+    pairs = []
+    for _ in range(TOTAL):
+        pairs.append((body["lr"], head["lr"]))
+        optimizer.zero_grad()
+        model(torch.ones(4, 3)).square().sum().backward()
+        optimizer.step()
+        scheduler.step()
+    assert [h for _, h in pairs] == pytest.approx([20 * b for b, _ in pairs])
+    assert group_lr_scales(optimizer.state_dict()) == [1.0, 20.0]
+
+
+def test_at_scale_one_every_parameter_is_in_one_group_as_before_the_option():
+    model = BodyAndHead()
+    optimizer, _ = build_optimizer(parameter_groups(model, 1.0), UPSTREAM, EPOCHS, STEPS_PER_EPOCH)
+    assert len(optimizer.param_groups) == 1 and len(optimizer.param_groups[0]["params"]) == 4
+    # A state saved before groups had an lr_scale reads as one group at scale 1.
+    state = optimizer.state_dict()
+    del state["param_groups"][0]["lr_scale"]
+    assert group_lr_scales(state) == [1.0]
 
 
 def test_the_shipped_config_builds_every_scheduler():
