@@ -27,6 +27,7 @@ from meldataset import MelDataset, build_dataloader, collate
 from metrics import calibrate_vuv_threshold, pitch_metrics
 from model import CheckpointError, build_model, load_checkpoint, nonfinite_tensors, save_checkpoint, voiced
 from optimizers import build_optimizer, parameter_groups
+from pack import Pack
 from plots import f0_figure
 
 log = logging.getLogger("pitchextractor")
@@ -65,6 +66,14 @@ def amp_settings(training, device):
     return training["cpu_mixed_precision"], torch.bfloat16, False
 
 
+def cpu_training_threads(cores, num_workers, packed):
+    """Torch threads for CPU training. Workers that decode audio files get a core each: OpenMP threads that
+    share a core with a busy worker wait on each other. Workers that slice a pack barely work, and leaving
+    them cores starves the step (benchmarks/train_step.py, 2 cores, 1 worker, batch 8: 0.15 steps/s on 1
+    thread, 0.27 on 2, where the file loader goes 0.14 -> 0.11)."""
+    return cores if packed else max(1, cores - num_workers)
+
+
 class Trainer:
     def __init__(self, config, run_dir, data, resume_from=None):
         self.config, self.run_dir = config, run_dir
@@ -73,9 +82,8 @@ class Trainer:
         self.device = distributed.local_device(resolve_device(config["device"]))
         self.global_batch = config["batch_size"] * distributed.world_size()
         if self.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
-            # Leave a core to each loader worker: OpenMP threads that share a core with a busy
-            # worker wait on each other, and a 2-thread step then runs several times slower.
-            torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) - config["num_workers"]))
+            torch.set_num_threads(cpu_training_threads(len(os.sched_getaffinity(0)), config["num_workers"],
+                                                       isinstance(data["train"], Pack)))
         torch.manual_seed(config["seed"])
         self.train_loader, self.val_loader = (self._loader(data[split], train=split == "train")
                                               for split in ("train", "val"))

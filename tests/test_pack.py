@@ -110,3 +110,20 @@ def test_the_command_builds_and_verifies_and_training_reads_the_pack(tmp_path):
     config = load_config(config_path, [f"train_data={folder}"])
     data = train.prepare_labels(config)
     assert isinstance(data["train"], pack.Pack) and len(data["train"]) == 6 and isinstance(data["val"], list)
+
+
+def test_cpu_training_leaves_workers_a_core_only_when_they_decode_files(packed, tmp_path, monkeypatch):
+    from config import load_config
+    from trainer import Trainer
+    paths, built, _ = packed
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    config = load_config(tiny_config(tmp_path), ["device=cpu", "num_workers=1"])
+    cores, previous = len(os.sched_getaffinity(0)), torch.get_num_threads()
+    threads = {}
+    try:
+        for name, source in (("pack", built), ("files", paths)):
+            Trainer(config, str(tmp_path / name), {"train": source, "val": paths})
+            threads[name] = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(previous)
+    assert threads == {"pack": cores, "files": max(1, cores - 1)}
