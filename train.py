@@ -136,13 +136,13 @@ def check_starting_points(config, runs, resume):
                                   f"{config['model_params']['sequence_model']} model; use a checkpoint of the same "
                                   "kind of model, or set pretrained_model: \"\"")
         continues = resuming or not config["load_only_params"] and len(matched) == len(own) and "optimizer" in state
-        # The head's group is last; a state without groups is damaged, and the trainer's restore says so.
-        head_scale = (group_lr_scales(state["optimizer"]) or [None])[-1] if continues else None
-        if head_scale is not None and head_scale != config["optimizer_params"]["f0_head_lr_scale"]:
+        # The head's group is last. A state without groups is damaged: the trainer's restore reports that.
+        saved_scales = group_lr_scales(state["optimizer"]) if continues else []
+        if saved_scales and saved_scales[-1] != config["optimizer_params"]["f0_head_lr_scale"]:
             raise ValueError(f"{path} continues an optimizer saved with optimizer_params.f0_head_lr_scale = "
-                             f"{head_scale:g}, not {config['optimizer_params']['f0_head_lr_scale']:g}; resume with "
-                             f"f0_head_lr_scale: {head_scale:g}, or start a new run (another log_dir, or resume: "
-                             "never / load_only_params: true)")
+                             f"{saved_scales[-1]:g}, not {config['optimizer_params']['f0_head_lr_scale']:g}; resume "
+                             f"with f0_head_lr_scale: {saved_scales[-1]:g}, or start a new run (another log_dir, or "
+                             "resume: never / load_only_params: true)")
         saved_epochs = (state.get("config") or {}).get("epochs")
         if continues and config["optimizer_params"]["scheduler"] == "onecycle" \
                 and saved_epochs not in (None, config["epochs"]):

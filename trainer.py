@@ -92,8 +92,9 @@ class Trainer:
             self.model = distributed.convert_sync_batchnorm(self.model, self.device)
         self.model.set_gradient_checkpointing(self.training["gradient_checkpointing"],
                                               self.training["gradient_checkpointing_use_reentrant"])
+        groups = parameter_groups(self.model, config["optimizer_params"]["f0_head_lr_scale"])
         self.optimizer, self.scheduler = build_optimizer(
-            parameter_groups(self.model, config["optimizer_params"]["f0_head_lr_scale"]), config["optimizer_params"], config["epochs"], len(self.train_loader))
+            groups, config["optimizer_params"], config["epochs"], len(self.train_loader))
         self.amp, self.amp_dtype, use_scaler = amp_settings(self.training, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
         self.epoch = self.batches_done = self.step = self.nonfinite_run = self.nonfinite_total = 0
