@@ -50,7 +50,7 @@ from audio import (AudioError, FRAMES_PER_SECOND, HOP_LENGTH, SAMPLE_RATE, frame
 from devices import resolve_device
 from features import mel_from_padded, padded_crop, padded_samples
 from model import (DEFAULT_VUV_THRESHOLD, CheckpointError, build_model, checkpoint_model_params, load_checkpoint,
-                   voiced)
+                   voiced, winograd_model)
 
 DEFAULT_CHECKPOINT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained", "jdc_lstm.pth")
 CHUNK_SECONDS = 30.0
@@ -58,14 +58,14 @@ CHUNK_SECONDS = 30.0
 # attends over it, so a frame needs seconds of context on each side to come out as in one pass.
 CONTEXT_SECONDS = 4.0
 # Windows are padded with silence and only windows of one padded length share a batch, so a file's result
-# never depends on which other files were in its batch. The padding is at least MIN_PAD_FRAMES, twice the
-# CNN's reach of 8 frames: the last frames of a clip then always see silence after it, never the
-# convolutions' zero padding, however long the window is. Lengths are rounded up to a multiple of
+# never depends on which other files were in its batch. The padding is at least MIN_PAD_FRAMES, the
+# CNN's reach (8 frames: eight 3x3 convolutions in time): the last frames of a clip then always see silence
+# after it, never the convolutions' zero padding, however long the window is. Lengths are rounded up to a multiple of
 # PAD_MULTIPLE frames (100 ms), so files of similar length share a forward pass (on a GPU, pass a large
 # --batch-size to label a corpus) while a window alone wastes at most 7 frames beyond MIN_PAD_FRAMES. The
 # rule is the same on every device, so CPU and GPU results agree.
 PAD_MULTIPLE = 8
-MIN_PAD_FRAMES = 16
+MIN_PAD_FRAMES = 8
 PREFETCH_FILES = 4  # files decoded ahead, in a background thread, while the model runs
 AUDIO_EXTENSIONS = frozenset(
     {f".{name.lower()}" for name in sf.available_formats() if name != "RAW"} | {".aif", ".oga", ".opus"})
@@ -158,8 +158,14 @@ class Predictor:
         if self.window <= 2 * self.context:
             raise ValueError(f"chunk_seconds ({chunk_seconds}) must exceed twice the context ({context_seconds} s)")
         self.device = torch.device(device)
-        # oneDNN's CPU convolutions and poolings run ~25 % faster on channels-last input (benchmarks/model_speed.py)
-        self.memory_format = torch.channels_last if self.device.type == "cpu" else torch.contiguous_format
+        self.memory_format = torch.contiguous_format
+        if self.device.type == "cpu" and torch.get_num_threads() == 1 and torch._nnpack_available():
+            # ~1.5x oneDNN's forward on one core; on more threads NNPACK's pool and OpenMP's contend, and
+            # oneDNN is faster (benchmarks/model_speed.py)
+            model = winograd_model(model)
+        elif self.device.type == "cpu":
+            # oneDNN's CPU convolutions and poolings run ~20 % faster on channels-last input
+            self.memory_format = torch.channels_last
         self.model = model.to(self.device, memory_format=self.memory_format).eval()
         self.vuv_threshold = float(vuv_threshold)
         self.batch_size = int(batch_size)

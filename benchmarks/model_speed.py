@@ -2,7 +2,8 @@
 
     python benchmarks/model_speed.py [--seconds 10] [--repeats 5]
 
-Also the LSTM on channels-last input, the layout infer.py uses on CPU.
+Also the LSTM as infer.py runs it on CPU: on channels-last input (oneDNN), and on one thread where NNPACK
+is available, as model.winograd_model (Winograd 3x3 convolutions, BatchNorm folded).
 """
 import argparse
 import os
@@ -12,7 +13,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from model import build_model  # noqa: E402
+from model import build_model, winograd_model  # noqa: E402
 
 
 def forward_seconds(model, frames, repeats, memory_format=torch.contiguous_format):
@@ -44,8 +45,12 @@ def main():
               f"{results[kind] * 1000:7.1f} ms  ({args.seconds / results[kind]:.0f}x real time, 1 thread)")
     lstm = build_model({"sequence_model": "lstm"}).eval()
     seconds = forward_seconds(lstm, frames, args.repeats, torch.channels_last)
-    print(f"lstm, channels-last (as infer.py on CPU): {seconds * 1000:7.1f} ms  ({args.seconds / seconds:.0f}x real time, "
-          f"1 thread)")
+    print(f"lstm, channels-last (infer.py on CPU, 2+ threads): {seconds * 1000:7.1f} ms  "
+          f"({args.seconds / seconds:.0f}x real time, 1 thread)")
+    if torch._nnpack_available():
+        seconds = forward_seconds(winograd_model(lstm), frames, args.repeats)
+        print(f"lstm, winograd_model (infer.py on CPU, 1 thread): {seconds * 1000:7.1f} ms  "
+              f"({args.seconds / seconds:.0f}x real time, 1 thread)")
     print(f"transformer / lstm time ratio: {results['transformer'] / results['lstm']:.2f} (target <= 1.5)")
 
 

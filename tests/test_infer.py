@@ -12,7 +12,7 @@ from click.testing import CliRunner
 import infer
 from audio import SAMPLE_RATE, num_frames
 from f0_helpers import harmonic_tone, up_down_glide
-from model import build_model
+from model import WinogradConv2d, build_model
 from test_model import randomised_lstm_model
 
 THRESHOLD = 0.3  # stored in the test checkpoint: the voicing decision must use it, not 0.5
@@ -114,6 +114,23 @@ def test_result_does_not_depend_on_the_batch():
         assert f0.shape == (num_frames(clip.size),)
         np.testing.assert_allclose(f0, alone_f0, rtol=1e-5, atol=1e-3)
         np.testing.assert_allclose(prob, alone_prob, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch._nnpack_available(), reason="this torch build or CPU has no NNPACK")
+def test_one_thread_cpu_runs_the_winograd_model_and_more_threads_onednn_with_the_same_result():
+    model = varied_lstm_model()
+    clips = [glide(0.6), glide(1.7, 90, 180)]
+    one_thread = infer.Predictor(model)
+    assert isinstance(one_thread.model.res_block1.conv[0], WinogradConv2d)
+    torch.set_num_threads(2)  # put back to 1 by the one_thread fixture
+    two_threads = infer.Predictor(model)
+    assert type(two_threads.model.res_block1.conv[0]) is torch.nn.Conv2d
+    assert two_threads.memory_format == torch.channels_last
+    for (f0, prob), (onednn_f0, onednn_prob) in zip(one_thread.predict_clips(clips),
+                                                     two_threads.predict_clips(clips)):
+        assert f0.std() > 5.0
+        assert np.abs(1200 * np.log2(f0 / onednn_f0)).max() < 0.1  # cents
+        assert np.abs(prob - onednn_prob).max() < 1e-4
 
 
 # ---------------------------------------------------------------------------------------------- API

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from click.testing import CliRunner
 
-from model import build_model, export_host_checkpoint, main as model_main
+from model import (Im2colConv2d, WidthMaxPool, WinogradConv2d, build_model, export_host_checkpoint, main as model_main,
+                   winograd_model)
 
 HERE = os.path.dirname(__file__)
 HOST_KEYS = os.path.join(HERE, "data", "jdcnet_state_dict.json")
@@ -191,3 +192,39 @@ def test_heads_stay_fp32_under_autocast():
     # bf16 features shift the F0 a little, but it is not quantised to bf16's ~1 Hz steps at 200 Hz
     assert (f0 - reference).abs().max() < 5.0
     assert len(torch.unique(f0)) == f0.numel()
+
+
+@pytest.mark.parametrize("pool,width", [(2, 80), (2, 41), (4, 10), (4, 7), (10, 20), (10, 23), (20, 40), (40, 80),
+                                        (40, 79)])
+def test_width_max_pool_equals_max_pool_2d(pool, width):
+    x = torch.randn(2, 3, 5, width)
+    assert torch.equal(WidthMaxPool(pool)(x), torch.nn.MaxPool2d((1, pool))(x))
+
+
+@pytest.mark.skipif(not torch._nnpack_available(), reason="this torch build or CPU has no NNPACK")
+@pytest.mark.parametrize("kind", ["lstm", "transformer"])
+def test_winograd_model_predicts_as_the_model_and_leaves_it_unchanged(kind):
+    model = randomised_lstm_model() if kind == "lstm" else build_model(
+        {"sequence_model": "transformer", "transformer": {"d_model": 32, "num_layers": 1, "num_heads": 2,
+                                                          "ff_dim": 64}}).eval()
+    with torch.no_grad():
+        # F0 that moves by Hz from frame to frame (the fresh Transformer's hidden states vary far less)
+        model.classifier.weight.mul_(30.0 if kind == "lstm" else 1000.0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fast = winograd_model(model)
+    assert sum(isinstance(m, WinogradConv2d) for m in fast.modules()) == 7  # every 3x3 conv but the first
+    assert isinstance(fast.conv_block[0], Im2colConv2d)
+    assert sum(isinstance(m, WidthMaxPool) for m in fast.modules()) == 7
+    # Of the 9 BatchNorms, the 5 that follow a convolution are folded into it.
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules()) == 4
+    assert not any(isinstance(m, WinogradConv2d) for m in model.modules())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    torch.manual_seed(1)
+    x = torch.randn(3, 1, 80, 203)  # a batch: WinogradConv2d runs NNPACK one item at a time
+    with torch.inference_mode():
+        (f0, logit), (fast_f0, fast_logit) = model(x), fast(x)
+        alone_f0, _ = fast(x[1:2])
+    assert f0.std() > 1.0  # F0 varies, so the comparison is not between constants
+    torch.testing.assert_close(fast_f0, f0, rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(fast_logit, logit, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(alone_f0, fast_f0[1:2], rtol=1e-5, atol=1e-4)
