@@ -208,7 +208,8 @@ class WinogradConv2d(nn.Conv2d):
 
     On one AVX2 core the CNN front's 3x3 convolutions are ~2.5x faster than oneDNN's direct ones, which
     already run at the core's FMA peak: Winograd F(6x6, 3x3) needs far fewer multiplications. Outputs
-    agree with nn.Conv2d to ~1e-5 (tests/test_infer.py)."""
+    agree with nn.Conv2d to ~1e-5 (tests/test_model.py). `torch._nnpack_spatial_convolution` is an ATen op
+    without a public wrapper; the tests fail if the pinned torch ever drops it."""
 
     def forward(self, x):
         # One item at a time: NNPACK's batch-1 path is its inference kernel, ~1.7x faster per item than its
@@ -265,7 +266,7 @@ def winograd_model(model):
                     and child.padding == 0 and child.dilation == 1 and not child.ceil_mode):
                 setattr(parent, name, WidthMaxPool(child.kernel_size[1]))
             elif isinstance(child, nn.LeakyReLU):
-                child.inplace = True  # its input is always a fresh tensor (a BatchNorm's or a convolution's)
+                child.inplace = True  # in JDCNet its input is always a fresh BatchNorm or convolution output
     return model
 
 
