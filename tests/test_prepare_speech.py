@@ -65,6 +65,32 @@ def test_fillets_speakers_from_dialog_fonts(tmp_path):
         ("fillets_nl_small", "ship_lod-m-b")]
 
 
+def test_ktuberling_speaker_is_the_language_with_its_variants_merged(tmp_path):
+    for locale, name in (("sr", "eye.ogg"), ("sr@latin", "eye.ogg"), ("en", "hat.opus"), ("en", "hat.png"),
+                         ("en", "nose.wav"), ("notalocale", "x.ogg")):
+        (tmp_path / locale).mkdir(exist_ok=True)
+        (tmp_path / locale / name).write_bytes(b"")
+    (tmp_path / "en.soundtheme").write_text("<language code='en'/>")
+    clips = recipe.ktuberling_clips(str(tmp_path))
+    assert [(clip.speaker, clip.name) for clip in clips] == [
+        ("ktuberling_en", "en_hat"), ("ktuberling_en", "en_nose"), ("ktuberling_sr", "sr_eye"),
+        ("ktuberling_sr", "sr-latin_eye")]
+
+
+def test_asterisk_speaker_is_the_voice_and_non_speech_prompts_are_left_out(tmp_path):
+    files = ["en_US_f_Allison/hello.wav", "en_US_f_Allison/digits/7.wav", "en_US_f_Allison/silence/1.wav",
+             "en_US_f_Allison/tt-monkeys.wav", "en_US_f_Allison/beep.wav", "en_US_f_Allison/spy-jingle.wav",
+             "en_US_f_Allison/tt-monkeysintro.wav", "es_MX_f_Allison/hello.wav", "it_IT_m_Carlo/hello.wav",
+             "it_IT_m_Carlo/hello.gsm", "dictate/other.wav"]
+    for relative in files:
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / relative).write_bytes(b"")
+    clips = recipe.asterisk_clips(str(tmp_path))
+    assert sorted((clip.speaker, clip.name) for clip in clips) == [
+        ("asterisk_Allison", "en_digits_7"), ("asterisk_Allison", "en_hello"), ("asterisk_Allison", "en_tt-monkeysintro"),
+        ("asterisk_Allison", "es_hello"), ("asterisk_Carlo", "it_hello")]
+
+
 def test_deduplicate_keeps_first_name(tmp_path):
     for name, payload in (("a", b"x"), ("b", b"x"), ("c", b"y")):
         (tmp_path / name).write_bytes(payload)
