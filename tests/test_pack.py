@@ -1,6 +1,7 @@
 """pack.py: a pack gives exactly the files' audio, labels and items; a changed source is re-packed, the rest
 copied; a damaged pack is a one-line error; the command builds and verifies."""
 import copy
+import json
 import os
 
 import numpy as np
@@ -127,3 +128,41 @@ def test_cpu_training_leaves_workers_a_core_only_when_they_decode_files(packed, 
     finally:
         torch.set_num_threads(previous)
     assert threads == {"pack": cores, "files": max(1, cores - 1)}
+
+
+def test_an_opus_pack_moves_the_audio_in_a_tenth_of_the_bytes_with_the_labels_exact(packed, tmp_path):
+    paths, built, _ = packed
+    result = CliRunner().invoke(pack.main, ["compress", built.folder, str(tmp_path / "train.opus"), "--kbps", "24",
+                                            "--workers", "1"])
+    assert result.exit_code == 0 and f"{len(paths)} clips" in result.output, result.output
+    manifest = json.loads((tmp_path / "train.opus" / "opus-pack.json").read_text())
+    compressed = os.path.getsize(tmp_path / "train.opus" / manifest["opus"])
+    assert compressed < sum(entry["samples"] for entry in built.entries) * 2 / 8
+    expanded = pack.expand_pack(tmp_path / "train.opus", tmp_path / "expanded.pack")
+    assert expanded.paths == paths and expanded.label_hash == built.label_hash and expanded.verify() == len(paths)
+    for index in range(len(paths)):
+        (original, labels), (decoded, decoded_labels) = built.clip(index), expanded.clip(index)
+        assert decoded.shape == original.shape  # the frame grid is kept
+        assert np.array_equal(decoded_labels, labels, equal_nan=True)
+        assert np.corrcoef(original.astype(float), decoded.astype(float))[0, 1] > 0.9  # the waveform, not noise
+    wave, *_ = MelDataset(expanded, PARAMS, train=True)[(1, 5)]  # training reads it as any pack
+    assert wave.dtype == torch.int16 and wave.abs().max() > 1000
+
+
+def test_a_damaged_opus_pack_is_a_one_line_error(packed, tmp_path):
+    _, built, _ = packed
+    folder = tmp_path / "train.opus"
+    pack.compress_pack(built, folder, workers=1)
+    manifest = json.loads((folder / "opus-pack.json").read_text())
+    audio = folder / manifest["opus"]
+    payload = bytearray(audio.read_bytes())
+    payload[manifest["entries"][2]["byte_offset"] + 100] ^= 0xFF
+    audio.write_bytes(bytes(payload))
+    with pytest.raises(pack.PackError) as error:
+        pack.expand_pack(folder, tmp_path / "expanded.pack")
+    message = str(error.value)
+    assert "\n" not in message and built.paths[2] in message and "compress it again" in message
+    (folder / "opus-pack.json").unlink()
+    result = CliRunner().invoke(pack.main, ["expand", str(folder), str(tmp_path / "expanded.pack")])
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert result.exit_code == 1 and len(errors) == 1 and "not an Opus pack" in errors[0], result.output
