@@ -3,10 +3,10 @@
     python benchmarks/infer_speed.py [--folder Data/range_set/wav] [--runs 3]
 
 Each run is a fresh `OMP_NUM_THREADS=1 python infer.py FOLDER --out TMP`, whose printed `x real time`
-figure (model load excluded) is listed, then, in this process, infer.py's pipeline (run_inference) and the
-bare forward of the model it runs on one thread (model.winograd_model where NNPACK is available), batch 1,
-on each clip's exact frames, without mels, decoding, padding or output files, back to back so that both see
-the same machine load. Without --folder, 40 WORLD-rendered clips of 1-8 s are written to a temporary folder.
+figure (model load excluded) is listed, then, in this process (with the command's allocator setting),
+infer.py's pipeline (run_inference) and the bare forward of the model it runs on one thread
+(model.winograd_model where NNPACK is available), batch 1, on each clip's exact frames, without mels,
+decoding, padding or output files, back to back so that both see the same machine load. Without --folder, 40 WORLD-rendered clips of 1-8 s are written to a temporary folder.
 Targets: the command >= 15x, the pipeline >= 90 % of the bare rate.
 """
 import argparse
@@ -27,7 +27,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from audio import SAMPLE_RATE, load_audio, num_frames  # noqa: E402
 from config_defaults import DEFAULTS  # noqa: E402
-from infer import DEFAULT_CHECKPOINT, Predictor, audio_files_under, load_model, run_inference  # noqa: E402
+from infer import (DEFAULT_CHECKPOINT, Predictor, audio_files_under, keep_freed_memory_for_reuse, load_model,  # noqa: E402
+                   run_inference)
 from synthetic import render_world_utterance  # noqa: E402
 
 
@@ -69,6 +70,7 @@ def main():
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(1)
+    keep_freed_memory_for_reuse()  # as the command does
     predictor = Predictor(*load_model(DEFAULT_CHECKPOINT))  # the model and layout infer.py runs on one thread
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.folder
