@@ -15,8 +15,8 @@ seconds / seconds spent predicting, loading excluded, after one untimed warm-up 
 writes DIR/<system>/<id>.csv (time,f0,voiced), so the numbers can be checked with an independent scorer.
 
 Systems: each --checkpoint (predicted with infer.py's Predictor: F0 in every frame, voicing at the stored
-threshold) and the backends of f0_backends.py, named in BACKEND_SYSTEMS; a backend's F0 is 0 wherever it
-says unvoiced.
+threshold), the backends of f0_backends.py, named in BACKEND_SYSTEMS, and the training labels of the default
+config, `consensus` or `cascade` (LABEL_SYSTEMS); a backend's or label's F0 is 0 wherever it says unvoiced.
 """
 import csv
 import io
@@ -34,6 +34,7 @@ from tqdm import tqdm
 from audio import AudioError, SAMPLE_RATE, decode_lines, frame_times, load_audio, write_atomically
 from config_defaults import DEFAULTS
 from f0_backends import BACKENDS, backend_options
+from f0_labels import compute_f0, label_settings
 from infer import load_predictor, write_csv
 from metrics import band_metrics, pitch_metrics
 
@@ -47,6 +48,9 @@ BACKEND_SYSTEMS = {
     "praat": ("praat", {"method": "ac"}),
 }
 LABEL_F0_PARAMS = DEFAULTS["dataset_params"]["f0_params"]
+# The training labels themselves, as f0_labels computes them under the default config in each mode: a model
+# learns its labels' contour and voicing, so their score on a reference is about the best it can reach there.
+LABEL_SYSTEMS = ("consensus", "cascade")
 TABLE_COLUMNS = ("RPA", "RCA", "GPE", "VUV_F1", "FFE", "MED_CENTS", "x_realtime")
 # score.py leaves reference frames more than this outside a prediction's time span without an estimate.
 SPAN_MARGIN_S = 0.02
@@ -156,6 +160,18 @@ def backend_system(name):
     return predict, {"backend": backend, **settings}
 
 
+def label_system(mode):
+    """(predict function, settings) for the training labels of a LABEL_SYSTEMS mode. Frames the consensus
+    leaves uncertain (NaN: no loss in training) are scored as unvoiced."""
+    settings = label_settings({**LABEL_F0_PARAMS, "mode": mode})
+
+    def predict(wave):
+        f0 = np.nan_to_num(compute_f0(wave, settings)[0], nan=0.0)
+        return {"time": frame_times(f0.size), "f0": f0, "voiced": f0 > 0}
+
+    return predict, settings.effective
+
+
 def checkpoint_system(path, device):
     """(predict function, settings) for a checkpoint, through infer.py's Predictor."""
     predictor = load_predictor(path, device)
@@ -169,9 +185,9 @@ def checkpoint_system(path, device):
 
 def parse_backends(text):
     names = [name.strip() for name in (text or "").split(",") if name.strip()]
-    unknown = [name for name in names if name not in BACKEND_SYSTEMS]
+    unknown = [name for name in names if name not in BACKEND_SYSTEMS and name not in LABEL_SYSTEMS]
     if unknown:
-        raise click.BadParameter(f"unknown {', '.join(unknown)}; use {', '.join(BACKEND_SYSTEMS)}",
+        raise click.BadParameter(f"unknown {', '.join(unknown)}; use {', '.join((*BACKEND_SYSTEMS, *LABEL_SYSTEMS))}",
                                  param_hint="--backends")
     return names
 
@@ -298,7 +314,9 @@ def write_error(error):
 @click.option("--reference", required=True, type=click.Path(), help="corpus folder with manifest.csv")
 @click.option("--checkpoint", "checkpoints", multiple=True, type=click.Path(dir_okay=False),
               help="a checkpoint to score (repeatable)")
-@click.option("--backends", default="", help=f"comma-separated: {', '.join(BACKEND_SYSTEMS)}")
+@click.option("--backends", default="",
+              help=f"comma-separated: {', '.join(BACKEND_SYSTEMS)}; "
+                   f"{' or '.join(LABEL_SYSTEMS)} for the training labels")
 @click.option("--by-condition", is_flag=True, help="also one row per condition (id suffix)")
 @click.option("--by-band", is_flag=True, help="also RPA, GPE and coverage per reference-F0 band (50-1000 Hz)")
 @click.option("--out", type=click.Path(file_okay=False), help="write results.csv and results.json here")
@@ -325,7 +343,7 @@ def main(reference, checkpoints, backends, by_condition, by_band, out, save_pred
         for path in checkpoints:
             systems[path], settings[path] = checkpoint_system(path, device)
         for name in backend_names:
-            systems[name], settings[name] = backend_system(name)
+            systems[name], settings[name] = label_system(name) if name in LABEL_SYSTEMS else backend_system(name)
         records = run_systems(clips, systems, save_predictions)
     except (ValueError, ImportError) as error:  # CorpusError, CheckpointError, backend settings, packages
         raise click.ClickException(str(error).splitlines()[0]) from None

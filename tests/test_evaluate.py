@@ -154,3 +154,19 @@ def test_unknown_backend_and_nothing_to_evaluate_are_usage_errors(tmp_path):
     assert unknown.exit_code == 2 and "yin" in unknown.output
     nothing = runner.invoke(evaluate.main, ["--reference", str(tmp_path)])
     assert nothing.exit_code == 2 and "nothing to evaluate" in nothing.output
+
+
+def test_training_labels_are_scored_as_systems(tmp_path):
+    corpus = write_reference_corpus(tmp_path / "corpus")
+    result = CliRunner().invoke(evaluate.main, ["--reference", str(corpus), "--backends", "consensus,cascade,harvest",
+                                                "--by-condition", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    with open(tmp_path / "out" / "results.json") as handle:
+        results = json.load(handle)
+    rows = {(row["system"], row["condition"]): row for row in results["rows"]}
+    assert rows[("consensus", "clean")]["RPA"] > 90 and rows[("consensus", "clean")]["VUV_F1"] > 90
+    # The default cascade's first backend is harvest, which voices every glide: its labels are harvest's contour.
+    for metric in SCORED:
+        assert rows[("cascade", "all")][metric] == rows[("harvest", "all")][metric], metric
+    assert results["systems"]["consensus"]["mode"] == "consensus"
+    assert [name for name, _ in results["systems"]["consensus"]["backends"]] == ["pyworld", "swiftf0", "praat"]
