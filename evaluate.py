@@ -185,9 +185,10 @@ def checkpoint_system(path, device):
 
 def parse_backends(text):
     names = [name.strip() for name in (text or "").split(",") if name.strip()]
-    unknown = [name for name in names if name not in BACKEND_SYSTEMS and name not in LABEL_SYSTEMS]
+    known = (*BACKEND_SYSTEMS, *LABEL_SYSTEMS)
+    unknown = [name for name in names if name not in known]
     if unknown:
-        raise click.BadParameter(f"unknown {', '.join(unknown)}; use {', '.join((*BACKEND_SYSTEMS, *LABEL_SYSTEMS))}",
+        raise click.BadParameter(f"unknown {', '.join(unknown)}; use {', '.join(known)}",
                                  param_hint="--backends")
     return names
 

@@ -6,7 +6,8 @@ Each run is a fresh `OMP_NUM_THREADS=1 python infer.py FOLDER --out TMP`, whose 
 figure (model load excluded) is listed, then, in this process (with the command's allocator setting),
 infer.py's pipeline (run_inference) and the bare forward of the model it runs on one thread
 (model.winograd_model where NNPACK is available), batch 1, on each clip's exact frames, without mels,
-decoding, padding or output files, back to back so that both see the same machine load. Without --folder, 40 WORLD-rendered clips of 1-8 s are written to a temporary folder.
+decoding, padding or output files, back to back so that both see the same machine load. Without --folder,
+40 WORLD-rendered clips of 1-8 s are written to a temporary folder.
 Targets: the command >= 15x, the pipeline >= 90 % of the bare rate.
 """
 import argparse
@@ -27,8 +28,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from audio import SAMPLE_RATE, load_audio, num_frames  # noqa: E402
 from config_defaults import DEFAULTS  # noqa: E402
-from infer import (DEFAULT_CHECKPOINT, Predictor, audio_files_under, keep_freed_memory_for_reuse, load_model,  # noqa: E402
-                   run_inference)
+from infer import (DEFAULT_CHECKPOINT, Predictor, audio_files_under, keep_freed_memory_for_reuse,  # noqa: E402
+                   load_model, run_inference)
 from synthetic import render_world_utterance  # noqa: E402
 
 

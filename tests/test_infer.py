@@ -17,6 +17,8 @@ from f0_helpers import harmonic_tone, up_down_glide
 from model import WinogradConv2d, build_model
 from test_model import randomised_lstm_model
 
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 THRESHOLD = 0.3  # stored in the test checkpoint: the voicing decision must use it, not 0.5
 TINY_TRANSFORMER = {"sequence_model": "transformer",
                     "transformer": {"d_model": 32, "num_layers": 1, "num_heads": 2, "ff_dim": 64}}
@@ -246,7 +248,7 @@ def test_importing_infer_loads_no_training_stack():
                      "swift_f0", "torchcrepe", "audiomentations", "librosa", "mir_eval", "trainer")
     probe = f"import sys, infer; print(' '.join(m for m in {training_only!r} if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
-                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                            cwd=REPO_ROOT)
     assert result.stdout.strip() == "", f"import infer also loaded: {result.stdout}"
 
 
@@ -262,8 +264,7 @@ def test_the_command_keeps_freed_memory_for_reuse_instead_of_faulting_it_in_agai
              "for _ in range(7): torch.ones(16 << 20)\n"
              "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)\n")
     faults = {mode: int(subprocess.run([sys.executable, "-c", probe, mode], capture_output=True, text=True,
-                                       check=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-                        .stdout) for mode in ("default", "keep")}
+                                       check=True, cwd=REPO_ROOT).stdout) for mode in ("default", "keep")}
     pages = (64 << 20) // resource.getpagesize()
     assert faults["default"] > 6 * pages  # mapped fresh and unmapped every time
     assert faults["keep"] < pages // 4  # reused
