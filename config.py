@@ -20,6 +20,7 @@ from f0_labels import LABEL_MODES
 from losses import F0_LOSS_KINDS
 from model import SEQUENCE_MODELS, build_model
 from optimizers import SCHEDULERS, build_optimizer
+from synthetic import RESYNTHESIS_CONTOURS
 
 AMP_DTYPES = ("float16", "bfloat16")  # what training.amp_dtype may name (trainer.amp_settings maps them)
 CHOICES = {
@@ -28,6 +29,7 @@ CHOICES = {
     "loss_params.f0_loss": F0_LOSS_KINDS,
     "training.amp_dtype": AMP_DTYPES,
     "model_params.sequence_model": SEQUENCE_MODELS,
+    "dataset_params.synthetic_data.resynthesis.contour": RESYNTHESIS_CONTOURS,
     "dataset_params.f0_params.pyworld.algorithm": PYWORLD_ALGORITHMS,
     "dataset_params.f0_params.pyworld.fallback": PYWORLD_FALLBACKS,
     "dataset_params.f0_params.torchcrepe.model": CREPE_MODELS,

@@ -112,6 +112,9 @@ def _sequence_model(model_params):
     raise ValueError(f"model_params.sequence_model must be one of {', '.join(SEQUENCE_MODELS)}, got {kind!r}")
 
 
+VOICING_BRANCH = ("detector_conv", "bilstm_detector", "detector")  # the modules only the voicing output uses
+
+
 class JDCNet(nn.Module):
     """Joint detection (voicing) and classification (F0) network on normalised log-mels."""
 
@@ -125,6 +128,7 @@ class JDCNet(nn.Module):
         self.sequence_model = model_params["sequence_model"]
         self.gradient_checkpointing = False
         self.checkpoint_use_reentrant = False
+        self.voicing_only = False
 
         self.conv_block = nn.Sequential(
             nn.Conv2d(1, 64, 3, padding=1, bias=False), nn.BatchNorm2d(64), nn.LeakyReLU(slope),
@@ -148,6 +152,23 @@ class JDCNet(nn.Module):
         self.detector = nn.Linear(width, 2)
         # Start the F0 head at a speech-like pitch: from 0 Hz the regression needs far more steps.
         nn.init.constant_(self.classifier.bias, float(model_params["f0_init_hz"]))
+
+    def train_voicing_only(self):
+        """From now on only the voicing branch learns: every other parameter stops requiring gradients and
+        every other module stays in eval mode whatever train() says (BatchNorm keeps its running statistics,
+        dropout is off), so the F0 output stays exactly what it was."""
+        self.voicing_only = True
+        for name, parameter in self.named_parameters():
+            parameter.requires_grad_(name.split(".")[0] in VOICING_BRANCH)
+        return self.train(self.training)
+
+    def train(self, mode=True):
+        super().train(mode)
+        if self.voicing_only:
+            for name, module in self.named_children():
+                if name not in VOICING_BRANCH:
+                    module.train(False)
+        return self
 
     def set_gradient_checkpointing(self, enabled, use_reentrant=False):
         self.gradient_checkpointing = bool(enabled)

@@ -18,13 +18,15 @@ SCHEDULERS = ("onecycle", "cosine", "constant")
 
 
 def parameter_groups(model, f0_head_lr_scale):
-    """The model's parameters as optimizer groups: with f0_head_lr_scale != 1 the F0 head (`classifier`)
-    in a group of its own with that lr_scale. At 1, one group, as runs saved before the option had."""
-    if f0_head_lr_scale == 1:
-        return [{"params": list(model.parameters()), "lr_scale": 1.0}]
-    head = {id(p) for p in model.classifier.parameters()}
-    return [{"params": [p for p in model.parameters() if id(p) not in head], "lr_scale": 1.0},
-            {"params": list(model.classifier.parameters()), "lr_scale": float(f0_head_lr_scale)}]
+    """The model's trainable parameters (those that require gradients) as optimizer groups: with
+    f0_head_lr_scale != 1 and the F0 head (`classifier`) trainable, the head in a group of its own with that
+    lr_scale. Otherwise one group, as runs saved before the option had."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    head = {id(p) for p in model.classifier.parameters() if p.requires_grad}
+    if f0_head_lr_scale == 1 or not head:
+        return [{"params": trainable, "lr_scale": 1.0}]
+    return [{"params": [p for p in trainable if id(p) not in head], "lr_scale": 1.0},
+            {"params": [p for p in trainable if id(p) in head], "lr_scale": float(f0_head_lr_scale)}]
 
 
 def group_lr_scales(optimizer_state):

@@ -20,8 +20,11 @@ from scipy.ndimage import median_filter
 
 from audio import FRAME_PERIOD_MS, HOP_LENGTH, SAMPLE_RATE, frame_times, num_frames  # the repo's one frame grid
 from augment import db_to_amplitude, peak_limit, uniform
+from f0_backends import pyworld_f0
 
 F0_RANGE_HZ = (50.0, 1000.0)  # the vocal range every F0 component covers (pitch shifts stay inside it)
+RESYNTHESIS_CONTOURS = ("labels", "world")  # where resynthesis takes its F0 from (resynthesis_clip)
+WORLD_D4C_THRESHOLD = 0.85  # D4C's default voicing threshold in WORLD, which exact-F0 resynthesis corpora inherit
 SYNTHETIC_KINDS = ("world", "pitch_shift", "resynthesis")  # the synthetic_data blocks an item can be drawn from
 
 # ---------------------------------------------------------------------------------------------
@@ -582,18 +585,27 @@ def median_smoothed(f0, frames):
     return f0
 
 
-def resynthesis_clip(audio, f0, rng, resynth_params):
-    """A real clip resynthesised by WORLD with its smoothed consensus contour, shifted; labels exact.
+def world_contour(audio):
+    """The clip's F0 as WORLD itself sees it: harvest + StoneMask over F0_RANGE_HZ, voiced where D4C's
+    voicing check (at WORLD's own threshold) finds the frame periodic; float32 on the repo grid, 0 = unvoiced."""
+    return pyworld_f0(audio, fallback=None, f0_floor=F0_RANGE_HZ[0], f0_ceil=F0_RANGE_HZ[1],
+                      d4c_threshold=WORLD_D4C_THRESHOLD).astype(np.float32)
 
-    audio: 24 kHz mono; f0: its label on the repo grid (Hz, 0 = unvoiced, NaN = uncertain). Uncertain
-    gaps of up to MAX_FILLED_GAP_FRAMES inside voiced runs are interpolated, longer ones become
-    unvoiced; each voiced run is median-filtered over `smoothing_frames` (label jitter would otherwise
-    become real jitter). The shift is uniform in `semitones`, narrowed so the voiced F0 stays inside
-    F0_RANGE_HZ, the gain uniform in `gain_db_range` (dB; scaled down if it would clip). Returns
-    (audio float32 of the same length, the synthesised F0 float32: no NaN), or None when fewer than
-    `min_voiced_fraction` of the frames are voiced.
+
+def resynthesis_clip(audio, f0, rng, resynth_params):
+    """A real clip resynthesised by WORLD with a smoothed contour, shifted; labels exact.
+
+    audio: 24 kHz mono; f0: its label on the repo grid (Hz, 0 = unvoiced, NaN = uncertain). The contour is
+    that label (`contour: labels`) or WORLD's own analysis of the clip (`contour: world`, world_contour:
+    voiced wherever the clip is periodic enough for WORLD, which is more than the consensus labels voice;
+    the way exact-F0 corpora are made from real speech). Uncertain gaps of up to MAX_FILLED_GAP_FRAMES
+    inside voiced runs are interpolated, longer ones become unvoiced; each voiced run is median-filtered
+    over `smoothing_frames` (label jitter would otherwise become real jitter). The shift is uniform in
+    `semitones`, narrowed so the voiced F0 stays inside F0_RANGE_HZ, the gain uniform in `gain_db_range`
+    (dB; scaled down if it would clip). Returns (audio float32 of the same length, the synthesised F0
+    float32: no NaN), or None when fewer than `min_voiced_fraction` of the frames are voiced.
     """
-    f0 = np.asarray(f0, dtype=np.float32)
+    f0 = world_contour(audio) if resynth_params["contour"] == "world" else np.asarray(f0, dtype=np.float32)
     if _too_little_voicing(f0, resynth_params["min_voiced_fraction"]):
         return None
     contour = median_smoothed(_fill_uncertain_gaps(f0, MAX_FILLED_GAP_FRAMES), int(resynth_params["smoothing_frames"]))

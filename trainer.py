@@ -92,6 +92,8 @@ class Trainer:
             self.model = distributed.convert_sync_batchnorm(self.model, self.device)
         self.model.set_gradient_checkpointing(self.training["gradient_checkpointing"],
                                               self.training["gradient_checkpointing_use_reentrant"])
+        if config["optimizer_params"]["voicing_only"]:
+            self.model.train_voicing_only()
         groups = parameter_groups(self.model, config["optimizer_params"]["f0_head_lr_scale"])
         self.optimizer, self.scheduler = build_optimizer(
             groups, config["optimizer_params"], config["epochs"], len(self.train_loader))

@@ -279,7 +279,7 @@ def test_blend_draws_resynthesis_with_its_weight_share():
 
 # --------------------------------------------------------------------------- WORLD resynthesis
 
-RESYNTH = {"enabled": True, "weight": 0.4, "semitones": [-12.0, 12.0], "smoothing_frames": 3,
+RESYNTH = {"enabled": True, "weight": 0.4, "semitones": [-12.0, 12.0], "contour": "labels", "smoothing_frames": 3,
            "gain_db_range": [0.0, 0.0], "min_voiced_fraction": 0.2}
 
 
@@ -317,3 +317,21 @@ def test_resynthesis_clip_uncertain_frames_determinism_and_range(renders):
     sparse = np.zeros_like(f0)
     sparse[:3] = 150.0
     assert synthetic.resynthesis_clip(audio, sparse, np.random.default_rng(0), RESYNTH) is None
+
+
+def test_resynthesis_with_worlds_contour_voices_what_the_labels_left_out(renders):
+    audio, f0, _ = renders[2]
+    labels = f0.copy()
+    dropped = np.flatnonzero(interior_voiced(f0))[::2]
+    labels[dropped] = 0.0  # labels that under-voice the clip: every other interior voiced frame left out
+    flat = dict(RESYNTH, semitones=[5.0, 5.0])
+    _, from_labels = synthetic.resynthesis_clip(audio, labels, np.random.default_rng(0), flat)
+    out, from_world = synthetic.resynthesis_clip(audio, labels, np.random.default_rng(0), dict(flat, contour="world"))
+    assert np.all(from_labels[dropped] == 0)
+    assert np.mean(from_world[dropped] > 0) > 0.9  # the clip is periodic there, so WORLD's contour voices them
+    shifted = f0[dropped] * 2 ** (5 / 12)
+    assert np.median(cents(from_world[dropped][from_world[dropped] > 0], shifted[from_world[dropped] > 0])) < 20.0
+    ref = harvest(out)  # and the label is the resynthesised audio's pitch
+    ok = interior_voiced(from_world) & (ref > 0)
+    assert np.median(cents(ref[ok], from_world[ok])) < 20.0
+    assert np.mean(from_world[f0 == 0] > 0) < 0.2  # the renders' noise and silence stay mostly unvoiced

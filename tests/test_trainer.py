@@ -13,6 +13,7 @@ from train import prepare_labels
 from config import ConfigError, load_config
 from trainer import Trainer, TrainingStopped, amp_settings, cpu_supports_bf16
 from conftest import tiny_config
+from model import VOICING_BRANCH
 
 
 def run_files(run):
@@ -115,6 +116,24 @@ def test_fine_tune_from_a_host_net_file(tmp_path, caplog):
     assert "bilstm_classifier.weight_ih_l0" in caplog.text  # not used from the file
 
 
+def test_voicing_only_trains_the_detector_and_leaves_the_f0_bit_identical(tmp_path):
+    config = load_config(tiny_config(tmp_path, optimizer_params={"lr": 0.001, "voicing_only": True},
+                                     model_params={"sequence_model": "lstm", "cnn_dropout": 0.3}))
+    trainer = Trainer(config, config["log_dir"], prepare_labels(config))
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    mel = trainer.mels(next(iter(trainer.val_loader)))
+    f0_before, logit_before = trainer.predict(mel)
+    trainer.train_epoch(0)
+    after = trainer.model.state_dict()
+    branch = {k for k in before if k.split(".")[0] in VOICING_BRANCH}
+    assert branch and all(not torch.equal(before[k], after[k]) for k in branch if after[k].is_floating_point())
+    assert all(torch.equal(before[k], after[k]) for k in before if k not in branch)  # BatchNorm statistics too
+    f0_after, logit_after = trainer.predict(mel)
+    assert torch.equal(f0_before, f0_after) and not torch.equal(logit_before, logit_after)
+    assert sum(len(g["params"]) for g in trainer.optimizer.param_groups) == sum(
+        1 for k, _ in trainer.model.named_parameters() if k.split(".")[0] in VOICING_BRANCH)
+
+
 def test_nan_batch_is_skipped_and_three_in_a_row_stop(tmp_path):
     config = load_config(tiny_config(tmp_path))
     trainer = Trainer(config, config["log_dir"], prepare_labels(config))
@@ -145,6 +164,7 @@ def test_bad_set_key_fails_before_any_work(tmp_path):
     ("model_params:\n  sequence_model: gru\n", "must be one of transformer, lstm"),
     ("trainig:\n  grad_clip: 1\n", "unknown key `trainig`"),
     ("batch_size: 2.5\n", "must be a int"),
+    ("dataset_params:\n  synthetic_data:\n    resynthesis:\n      contour: harvest\n", "must be one of labels, world"),
 ])
 def test_bad_config_values_are_one_line_errors(tmp_path, text, message):
     path = tmp_path / "bad.yml"
