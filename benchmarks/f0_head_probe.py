@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from config import load_config  # noqa: E402
-from losses import log2_hz  # noqa: E402
+from losses import f0_loss  # noqa: E402
 from metrics import cents_error  # noqa: E402
 from train import prepare_labels  # noqa: E402
 from trainer import Trainer  # noqa: E402
@@ -50,9 +50,10 @@ def refit_head(weight, bias, features, labels, steps, lr):
     """The head (weight (512,), bias (1,)) trained alone on fixed features with the L1-semitone loss."""
     weight, bias = weight.clone().requires_grad_(), bias.clone().requires_grad_()
     optimizer = torch.optim.Adam([weight, bias], lr=lr)
+    every_frame = torch.ones_like(labels, dtype=torch.bool)
     for _ in range(steps):
         optimizer.zero_grad()
-        loss = 12.0 * (log2_hz((features @ weight + bias).abs()) - torch.log2(labels)).abs().mean()
+        loss = f0_loss((features @ weight + bias).abs(), labels, every_frame, "l1_cents")
         loss.backward()
         optimizer.step()
     return weight.detach(), bias.detach()

@@ -9,7 +9,8 @@ reference; this scores voicing against the consensus labels (the config's f0_par
 cache or computed) on the frames they are certain of, for every `--every`-th clip of the list (by default
 the held-out speakers of Data/prepare_speech.py), clean, with pink noise at 10 dB and with babble of the
 other listed clips at 5 dB. Per checkpoint and condition: F1 at its stored threshold, and the best F1 over
-thresholds 0.02..0.98 (a diagnostic of calibration, not a setting). The trackers the consensus is made of
+thresholds 0.02..0.98 and the stored one (metrics.calibrate_vuv_threshold, as the trainer calibrates; a
+diagnostic of calibration, not a setting). The trackers the consensus is made of
 (pyworld, torchcrepe, swiftf0, praat) would be scored against themselves, so they are not listed.
 """
 import argparse
@@ -24,10 +25,10 @@ from augment import add_noise, peak_limit  # noqa: E402
 from config import load_config  # noqa: E402
 from f0_labels import cached_f0, label_settings  # noqa: E402
 from infer import load_predictor  # noqa: E402
-from metrics import f1_percent  # noqa: E402
+from metrics import calibrate_vuv_threshold  # noqa: E402
 
 CONDITIONS = {"clean": None, "pink10": ("pink", 10.0), "babble5": ("babble", 5.0)}
-THRESHOLDS = np.linspace(0.02, 0.98, 49)
+THRESHOLD_STEPS = 49  # candidates 0.02, 0.04, ..., 0.98 (and the stored threshold)
 
 
 def condition_audio(waves, index, noise):
@@ -37,11 +38,6 @@ def condition_audio(waves, index, noise):
     color, snr_db = noise
     others = [wave for j, wave in enumerate(waves) if j != index]
     return peak_limit(add_noise(waves[index], np.random.default_rng(index), snr_db, color, babble_source=others))
-
-
-def voicing_f1(ref_voiced, est_voiced):
-    tp = int(np.sum(ref_voiced & est_voiced))
-    return float(f1_percent(tp, int(np.sum(~ref_voiced & est_voiced)), int(np.sum(ref_voiced & ~est_voiced))))
 
 
 def main():
@@ -69,9 +65,11 @@ def main():
                 refs.append(label[:frames][keep] > 0)
                 probs.append(np.asarray(prob)[:frames][keep])
             ref, prob = np.concatenate(refs), np.concatenate(probs)
-            best = max((voicing_f1(ref, prob > t), t) for t in THRESHOLDS)
+            _, stored_f1 = calibrate_vuv_threshold(prob, ref, 0, initial=predictor.vuv_threshold)
+            best_threshold, best_f1 = calibrate_vuv_threshold(prob, ref, THRESHOLD_STEPS,
+                                                              initial=predictor.vuv_threshold)
             print(f"{checkpoint[-40:]:40s} {name:9s} {predictor.vuv_threshold:9.2f} "
-                  f"{voicing_f1(ref, prob > predictor.vuv_threshold):6.1f} {best[0]:5.1f}@{best[1]:.2f}", flush=True)
+                  f"{stored_f1:6.1f} {best_f1:5.1f}@{best_threshold:.2f}", flush=True)
 
 
 if __name__ == "__main__":
