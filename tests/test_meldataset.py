@@ -225,6 +225,25 @@ def test_synthetic_pool_is_rendered_per_generation_and_items_come_from_it(paths,
     assert all(np.array_equal(a, b) for a, b in zip(second, pool_labels(tmp_path / "other")))
 
 
+def test_a_pool_made_with_other_synthetic_settings_is_rendered_again_not_reused(paths, tmp_path):
+    params = synthetic_params(1.0, world=True, pitch_shift=False, resynthesis=False)
+    params["synthetic_data"].update(pool_size=2, pool_refresh_epochs=2)
+    params["synthetic_data"]["world"]["pitch_range"] = [80.0, 200.0]
+    MelDataset(paths, params, train=True, pool_dir=tmp_path / "pool", seed=1).prepare_epoch(0)
+    manifest = tmp_path / "pool" / "pack.json"
+    stamp, before = manifest.stat().st_mtime_ns, pool_labels(tmp_path / "pool")
+    drawn_more_often = copy.deepcopy(params)
+    drawn_more_often["synthetic_data"]["proportion"] = 0.5  # how often items are drawn: same pool
+    MelDataset(paths, drawn_more_often, train=True, pool_dir=tmp_path / "pool", seed=1).prepare_epoch(1)
+    assert manifest.stat().st_mtime_ns == stamp
+    higher = copy.deepcopy(params)
+    higher["synthetic_data"]["world"]["pitch_range"] = [600.0, 900.0]
+    MelDataset(paths, higher, train=True, pool_dir=tmp_path / "pool", seed=1).prepare_epoch(1)
+    after = pool_labels(tmp_path / "pool")
+    assert manifest.stat().st_mtime_ns != stamp
+    assert max(float(np.median(f[f > 0])) for f in before) < 600 <= min(float(np.median(f[f > 0])) for f in after)
+
+
 def test_resynthesis_items_have_finite_in_range_labels(paths):
     params = synthetic_params(1.0, world=False, pitch_shift=False, resynthesis=True)
     _, f0, voiced, _ = MelDataset(paths, params, train=True)[(0, 3)]
