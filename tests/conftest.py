@@ -19,6 +19,19 @@ def glide_clip(f0_start, f0_end, seconds, rng, silence=0.2):
     return (np.concatenate([pad, tone, pad]) + rng.normal(0, 1e-4, 2 * len(pad) + n)).astype(np.float32)
 
 
+def tone_tracking(predictor, f0_hz):
+    """A predictor's (median cents error, voiced share) inside a 1 s glide f0_hz -> 1.2 f0_hz (glide_clip,
+    seed 1), a frame away from its edges, and its voiced share in the silence 2 frames or more outside it."""
+    wave = glide_clip(f0_hz, f0_hz * 1.2, 1.0, np.random.default_rng(1))  # 0.2 s silence, 1 s glide, 0.2 s silence
+    time, f0, voiced, _ = predictor.predict(wave, SR)
+    sample = np.round(time * SR).astype(int) - int(0.2 * SR)
+    inside = (sample >= 300) & (sample < SR - 300)
+    outside = (sample < -600) | (sample >= SR + 600)
+    truth = f0_hz * 1.2 ** (sample[inside] / SR)
+    median_cents = float(np.median(1200 * np.abs(np.log2(f0[inside] / truth))))
+    return median_cents, float(voiced[inside].mean()), float(voiced[outside].mean())
+
+
 def write_corpus(folder, n_train=6, n_val=2, seconds=0.8, seed=0):
     """WAV files of random glides and the two list files; returns (train_list, val_list)."""
     rng = np.random.default_rng(seed)
