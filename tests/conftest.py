@@ -22,9 +22,10 @@ def glide_clip(f0_start, f0_end, seconds, rng, silence=0.2):
 def tone_tracking(predictor, f0_hz):
     """A predictor's (median cents error, voiced share) inside a 1 s glide f0_hz -> 1.2 f0_hz (glide_clip,
     seed 1), a frame away from its edges, and its voiced share in the silence 2 frames or more outside it."""
-    wave = glide_clip(f0_hz, f0_hz * 1.2, 1.0, np.random.default_rng(1))  # 0.2 s silence, 1 s glide, 0.2 s silence
+    silence = 0.2  # seconds before and after the 1 s glide
+    wave = glide_clip(f0_hz, f0_hz * 1.2, 1.0, np.random.default_rng(1), silence=silence)
     time, f0, voiced, _ = predictor.predict(wave, SR)
-    sample = np.round(time * SR).astype(int) - int(0.2 * SR)
+    sample = np.round(time * SR).astype(int) - int(silence * SR)
     inside = (sample >= 300) & (sample < SR - 300)
     outside = (sample < -600) | (sample >= SR + 600)
     truth = f0_hz * 1.2 ** (sample[inside] / SR)
