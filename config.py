@@ -235,6 +235,12 @@ def check_values(config):
             continue
         if len(value) != 2 or not all(is_number(x) for x in value) or value[0] > value[1]:
             fail(key, "must be a range [low, high] of two numbers, low <= high")
+    for kind in ("pitch_shift", "resynthesis"):  # null by default: a range in Hz when given
+        target = config["dataset_params"]["synthetic_data"][kind]["target_pitch_range"]
+        if target is not None and not (isinstance(target, list) and len(target) == 2
+                                       and all(is_number(x) for x in target) and 0 < target[0] <= target[1]):
+            fail(f"{_SYNTH}.{kind}.target_pitch_range", "must be null or a range [low, high] in Hz, 0 < low <= high, "
+                                                         "like [50, 1000]")
     betas = config["optimizer_params"]["betas"]
     if len(betas) != 2 or not all(is_number(b) and 0 <= b < 1 for b in betas):
         fail("optimizer_params.betas", "must be two numbers in [0, 1), like [0.9, 0.98]")

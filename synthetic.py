@@ -42,15 +42,22 @@ def _too_little_voicing(f0, min_voiced_fraction):
     return len(f0) == 0 or np.mean(f0 > 0) < float(min_voiced_fraction)
 
 
-def _draw_shift(rng, voiced_f0, semitones):
-    """Semitones uniform in the range `semitones`, narrowed so voiced_f0 (Hz, all > 0) stays in F0_RANGE_HZ.
+def _draw_shift(rng, voiced_f0, semitones, target_pitch_range=None):
+    """Semitones for a clip whose voiced F0 is voiced_f0 (Hz, all > 0): inside the range `semitones`, narrowed
+    so voiced_f0 stays in F0_RANGE_HZ (no shift is always allowed, for a clip already outside it).
 
-    A wide range then pushes each clip towards both ends of the vocal range; no shift is always
-    allowed, for a clip already outside it.
+    Without `target_pitch_range` the shift is uniform in that range: a wide range pushes each clip towards
+    both ends of the vocal range, but the shifted voices stay centred on the speakers' own pitch. With it
+    ([low, high] Hz), the shift moves the clip's median voiced F0 to a target drawn log-uniform in it, clipped
+    to the range: every octave of the target range then gets as many voices, whatever the speakers' pitch.
     """
     lowest, highest = float(voiced_f0.min()), float(voiced_f0.max())
     feasible = (min(12.0 * np.log2(F0_RANGE_HZ[0] / lowest), 0.0), max(12.0 * np.log2(F0_RANGE_HZ[1] / highest), 0.0))
-    return uniform(rng, np.clip(semitones, *feasible))
+    bounds = np.clip(semitones, *feasible)
+    if target_pitch_range is None:
+        return uniform(rng, bounds)
+    to_target = 12.0 * np.log2(_log_uniform(rng, target_pitch_range) / float(np.median(voiced_f0)))
+    return float(np.clip(to_target, *bounds))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -89,8 +96,8 @@ def pitch_shift_clip(audio, f0, rng, shift_params):
     """Pitch-shift a real clip by a random number of semitones and scale its F0 label to match.
 
     audio: 24 kHz mono; f0: its label on the repo grid (Hz, 0 = unvoiced, NaN = uncertain). The shift
-    is uniform in `semitones`, narrowed so the clip's voiced F0 stays inside F0_RANGE_HZ (a wide range
-    pushes each clip towards both ends of the vocal range), the gain uniform in `gain_db_range` (dB;
+    is drawn in `semitones` (towards a pitch in the optional `target_pitch_range`, _draw_shift), narrowed so
+    the clip's voiced F0 stays inside F0_RANGE_HZ, the gain uniform in `gain_db_range` (dB;
     the result is scaled down if it would clip). Returns (audio float32 of the same length,
     f0 * 2**(st/12) float32, unvoiced frames stay 0 and uncertain ones NaN), or None when fewer than
     `min_voiced_fraction` of the frames are voiced.
@@ -100,7 +107,7 @@ def pitch_shift_clip(audio, f0, rng, shift_params):
     f0 = np.asarray(f0, dtype=np.float32)
     if _too_little_voicing(f0, shift_params["min_voiced_fraction"]):
         return None
-    semitones = _draw_shift(rng, f0[f0 > 0], shift_params["semitones"])
+    semitones = _draw_shift(rng, f0[f0 > 0], shift_params["semitones"], shift_params.get("target_pitch_range"))
     gain_db = uniform(rng, shift_params["gain_db_range"])
     audio = np.asarray(audio, dtype=np.float32)
     shifted = librosa.effects.pitch_shift(audio, sr=SAMPLE_RATE, n_steps=semitones)
@@ -600,8 +607,9 @@ def resynthesis_clip(audio, f0, rng, resynth_params):
     voiced wherever the clip is periodic enough for WORLD, which is more than the consensus labels voice;
     the way exact-F0 corpora are made from real speech). Uncertain gaps of up to MAX_FILLED_GAP_FRAMES
     inside voiced runs are interpolated, longer ones become unvoiced; each voiced run is median-filtered
-    over `smoothing_frames` (label jitter would otherwise become real jitter). The shift is uniform in
-    `semitones`, narrowed so the voiced F0 stays inside F0_RANGE_HZ, the gain uniform in `gain_db_range`
+    over `smoothing_frames` (label jitter would otherwise become real jitter). The shift is drawn in
+    `semitones` (towards a pitch in the optional `target_pitch_range`, _draw_shift), narrowed so the voiced F0
+    stays inside F0_RANGE_HZ, the gain uniform in `gain_db_range`
     (dB; scaled down if it would clip). Returns (audio float32 of the same length, the synthesised F0
     float32: no NaN), or None when fewer than `min_voiced_fraction` of the frames are voiced.
     """
@@ -609,7 +617,8 @@ def resynthesis_clip(audio, f0, rng, resynth_params):
     if _too_little_voicing(f0, resynth_params["min_voiced_fraction"]):
         return None
     contour = median_smoothed(_fill_uncertain_gaps(f0, MAX_FILLED_GAP_FRAMES), int(resynth_params["smoothing_frames"]))
-    semitones = _draw_shift(rng, contour[contour > 0], resynth_params["semitones"])
+    semitones = _draw_shift(rng, contour[contour > 0], resynth_params["semitones"],
+                            resynth_params.get("target_pitch_range"))
     gain_db = uniform(rng, resynth_params["gain_db_range"])
     out, label = world_resynthesise(audio, contour, semitones)
     return peak_limit(out * np.float32(db_to_amplitude(gain_db))).astype(np.float32), label

@@ -416,6 +416,8 @@ def test_10_evaluate_unwritable_out_is_one_line_before_the_evaluation(tmp_path):
     ("", ["training.max_minutes=-5"], ["max_minutes", ">= 0"]),  # 14
     ("", ["optimizer_params.lr=.inf"], ["optimizer_params.lr", "finite"]),  # 2
     ("", ["optimizer_params.lr=abc"], ["optimizer_params.lr", "must be a float"]),
+    ("", ["dataset_params.synthetic_data.resynthesis.target_pitch_range=[0, 1000]"],
+     ["resynthesis.target_pitch_range", "0 < low <= high"]),
 ])
 def test_11_config_faults_are_one_line_before_any_work(tmp_path, text, overrides, fragments):
     path = tiny_config(tmp_path)

@@ -319,6 +319,32 @@ def test_resynthesis_clip_uncertain_frames_determinism_and_range(renders):
     assert synthetic.resynthesis_clip(audio, sparse, np.random.default_rng(0), RESYNTH) is None
 
 
+def test_a_target_pitch_range_gives_each_of_its_octaves_as_many_voices_within_the_semitone_bounds():
+    rng = np.random.default_rng(0)
+    voice = np.array([130.0, 160.0, 200.0])  # median 160 Hz
+    shifts = np.array([synthetic._draw_shift(rng, voice, [-48.0, 48.0], [60.0, 960.0]) for _ in range(4000)])
+    medians = 160.0 * 2 ** (shifts / 12)
+    assert medians.min() >= 60.0 * (1 - 1e-6) and medians.max() <= 960.0 * (1 + 1e-6)
+    per_octave = np.histogram(np.log2(medians / 60.0), bins=4, range=(0, 4))[0] / len(medians)
+    np.testing.assert_allclose(per_octave, 0.25, atol=0.03)  # uniform semitones would centre them on 160 Hz
+    bounded = np.array([synthetic._draw_shift(rng, voice, [-2.0, 2.0], [60.0, 960.0]) for _ in range(400)])
+    assert bounded.min() == -2.0 and bounded.max() == 2.0  # targets beyond the bounds stop at them
+    lowest = synthetic._draw_shift(rng, voice, [-48.0, 48.0], [20.0, 20.0])
+    assert 130.0 * 2 ** (lowest / 12) == pytest.approx(50.0)  # and the clip stays in F0_RANGE_HZ
+
+
+def test_both_shifting_kinds_move_the_clip_to_the_target_pitch(renders):
+    audio, f0, _ = renders[0]
+    target = dict(semitones=[-36.0, 36.0], target_pitch_range=[70.0, 70.0])
+    _, shifted = synthetic.pitch_shift_clip(audio, f0, np.random.default_rng(0), dict(SHIFT, **target))
+    out, resynthesised = synthetic.resynthesis_clip(audio, f0, np.random.default_rng(0), dict(RESYNTH, **target))
+    for label in (shifted, resynthesised):
+        assert np.median(label[label > 0]) == pytest.approx(70.0, rel=1e-4)
+    ref = harvest(out)  # the resynthesised audio is at that pitch, not only its label
+    ok = interior_voiced(resynthesised) & (ref > 0)
+    assert np.median(cents(ref[ok], resynthesised[ok])) < 20.0
+
+
 def test_resynthesis_with_worlds_contour_voices_what_the_labels_left_out(renders):
     audio, f0, _ = renders[2]
     labels = f0.copy()
