@@ -16,10 +16,10 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
+from audio import SAMPLE_RATE  # noqa: E402
 from f0_helpers import harmonic_tone  # noqa: E402
 from features import mel_spectrogram  # noqa: E402
 
-SR = 24000
 TONES_HZ = (50, 55, 60, 65, 70, 80, 90, 100, 150, 250, 400, 600, 800)
 REFERENCE_HZ = 150
 EDGE_FRAMES = 10  # frames dropped at each end, where the tone's onset and the padding show
@@ -27,7 +27,7 @@ EDGE_FRAMES = 10  # frames dropped at each end, where the tone's onset and the p
 
 def steady_log_mel(f0_hz, seconds=1.0):
     """Mean normalised log-mel over the frames of a steady harmonic tone at f0_hz: (80,)."""
-    n = int(seconds * SR)
+    n = int(seconds * SAMPLE_RATE)
     tone = harmonic_tone(np.full(n, float(f0_hz)), n_harmonics=max(1, int(4000 / f0_hz)), amplitude=0.3)
     return mel_spectrogram(tone.astype(np.float32)).numpy()[:, EDGE_FRAMES:-EDGE_FRAMES].mean(axis=1)
 
